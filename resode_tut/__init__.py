@@ -1,0 +1,29 @@
+"""resode_tut: residual networks as discretised Neural ODEs.
+
+The companion package of the resode-tut book.  Public API:
+
+* :class:`ResidualStack` -- residual layers as Euler or Heun steps on [0, 1];
+* :func:`solve_limit_ode`, :func:`ode_distance` -- the Neural ODE a stack
+  discretises, and how far the stack is from it;
+* :class:`TanhLayer`, :func:`tanh_stack`, :func:`weight_path` -- residual
+  functions and weights that are smooth or i.i.d. in depth;
+* :func:`euler_distance_bound` -- a computable Gronwall bound;
+* :func:`setup` -- run mode (``RESODE_MODE``), device and seeds.
+"""
+from .bounds import euler_distance_bound
+from .discretisation import DistanceSweep, distance_sweep
+from .limit import InterpolatedField, ode_distance, solve_limit_ode
+from .rates import loglog_slope
+from .residual_functions import TanhLayer, tanh_stack
+from .runtime import Runtime, get_mode, seed_everything, setup
+from .stack import SCHEMES, ResidualStack
+from .weights import WEIGHT_KINDS, total_variation, weight_path
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ResidualStack", "SCHEMES", "InterpolatedField", "solve_limit_ode", "ode_distance",
+    "TanhLayer", "tanh_stack", "weight_path", "total_variation", "WEIGHT_KINDS",
+    "euler_distance_bound", "DistanceSweep", "distance_sweep", "loglog_slope",
+    "Runtime", "setup", "get_mode", "seed_everything", "__version__",
+]

@@ -1,0 +1,152 @@
+r"""The Neural ODE that a :class:`~resode_tut.ResidualStack` discretises.
+
+A stack whose layers share one architecture defines a weight path
+``theta(t)``: the piecewise-linear interpolant through ``(t_n, theta_n)``,
+where ``theta_n`` are the parameters of ``f_n`` and ``t_n`` the times of
+:attr:`ResidualStack.function_times`.  Its limit ODE is
+
+.. math:: \frac{dx}{dt} = f(x, \theta(t)), \qquad t \in [0, 1],
+
+solved here with ``torchdiffeq.odeint``.  For the Euler grid the last knot is
+``t_{M-1} = 1 - h`` and ``theta`` is held constant on ``[1 - h, 1]``.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+from torchdiffeq import odeint
+from torchdiffeq._impl.odeint import SOLVERS
+
+from .stack import ResidualStack
+
+__all__ = ["InterpolatedField", "solve_limit_ode", "ode_distance"]
+
+_ADAPTIVE = {"dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun"}
+
+
+class InterpolatedField(nn.Module):
+    r"""The vector field ``(t, x) -> f(x, theta(t))`` of a stack, for ``odeint``.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        Its residual functions must all have the same class and parameter
+        shapes (they are samples of one parametrised function).  The
+        parameters are copied (detached): later changes to the stack, and
+        gradients, do not flow through this field.
+
+    Attributes
+    ----------
+    knots : torch.Tensor, shape (M,)
+        The times ``t_n`` of the layers' weights.
+    theta : dict[str, torch.Tensor]
+        Stacked parameters and floating buffers, each of shape (M, ...).
+    """
+
+    def __init__(self, stack: ResidualStack):
+        super().__init__()
+        functions = list(stack.functions)
+        first = functions[0]
+        for n, f in enumerate(functions):
+            if type(f) is not type(first):
+                raise ValueError(
+                    f"functions[{n}] is a {type(f).__name__} but functions[0] a "
+                    f"{type(first).__name__}: the limit ODE needs one parametrised function")
+            shapes = {k: v.shape for k, v in f.state_dict().items()}
+            if shapes != {k: v.shape for k, v in first.state_dict().items()}:
+                raise ValueError(
+                    f"functions[{n}] has other parameter shapes than functions[0]: "
+                    "the limit ODE needs one parametrised function")
+        params, buffers = stack_module_state(functions)
+        self.theta = {k: v.detach() for k, v in {**params, **buffers}.items()}
+        self.knots = stack.function_times.to(next(iter(self.theta.values())).device)
+        self._base = copy.deepcopy(first)
+        self.nfe = 0
+
+    def theta_at(self, t: torch.Tensor | float) -> dict[str, torch.Tensor]:
+        """``theta(t)``: linear between knots, constant after the last one."""
+        M = len(self.knots)
+        t = float(t)
+        if M == 1:
+            return {k: v[0] for k, v in self.theta.items()}
+        h = float(self.knots[1] - self.knots[0])
+        n = min(max(int(t / h), 0), M - 2)
+        w = min(max(t / h - n, 0.0), 1.0)
+        out = {}
+        for k, v in self.theta.items():
+            out[k] = v[n] + w * (v[n + 1] - v[n]) if v.is_floating_point() else v[n]
+        return out
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return functional_call(self._base, self.theta_at(t), (x,))
+
+
+def solve_limit_ode(stack: ResidualStack, x0: torch.Tensor, t: torch.Tensor | None = None,
+                    method: str = "dopri5", rtol: float = 1e-7,
+                    atol: float = 1e-9) -> torch.Tensor:
+    """Solve the stack's limit ODE and return it at the stack's times.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x0 : torch.Tensor, shape (B, ...)
+        Initial value, the same input the stack takes.
+    t : torch.Tensor, shape (T,), optional
+        Increasing output times in [0, 1], starting at 0; default
+        ``stack.times``.
+    method : str
+        A ``torchdiffeq`` solver.  Adaptive solvers (the default, ``dopri5``)
+        are forced to step on every knot ``t_n``, where ``theta(t)`` has a kink.
+    rtol, atol : float
+        Tolerances of an adaptive solver.  Use float64 inputs for tolerances
+        below about 1e-6.
+
+    Returns
+    -------
+    torch.Tensor, shape (T, B, ...)
+        ``out[k] = x(t[k])``; by default ``T = stack.num_steps + 1`` and
+        ``out[n] = x(t_n)`` at the stack's times.
+    """
+    if method not in SOLVERS:
+        raise ValueError(f"unknown solver {method!r}: torchdiffeq offers {sorted(SOLVERS)}")
+    if not torch.isfinite(x0).all():
+        raise ValueError("x0 contains NaN or infinite values")
+    field = InterpolatedField(stack).to(x0.device)
+    t = stack.times if t is None else torch.as_tensor(t)
+    if t.dim() != 1 or t[0] != 0 or (t.diff() <= 0).any() or t[-1] > 1:
+        raise ValueError("t must be increasing times in [0, 1] starting at 0")
+    t = t.to(device=x0.device, dtype=x0.dtype)
+    options = {}
+    if method in _ADAPTIVE:
+        options["step_t"] = field.knots.to(device=x0.device, dtype=x0.dtype)
+    else:
+        options["step_size"] = stack.h / 8
+    with torch.no_grad():
+        return odeint(field, x0, t, method=method, rtol=rtol, atol=atol, options=options)
+
+
+def ode_distance(stack: ResidualStack, x0: torch.Tensor, **solver_kwargs) -> torch.Tensor:
+    r"""``max_n ||x_n - x(t_n)||``: how far the stack is from its limit ODE.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x0 : torch.Tensor, shape (B, ...)
+    **solver_kwargs
+        Passed to :func:`solve_limit_ode`.
+
+    Returns
+    -------
+    torch.Tensor, shape (B,)
+        For each input, the largest Euclidean distance (over all non-batch
+        dimensions) between the hidden state ``x_n`` and the ODE solution at
+        the same time.
+    """
+    with torch.no_grad():
+        resnet = stack.trajectory(x0)
+    ode = solve_limit_ode(stack, x0, **solver_kwargs)
+    return (resnet - ode).flatten(2).norm(dim=2).amax(dim=0)

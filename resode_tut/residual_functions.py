@@ -1,0 +1,92 @@
+r"""The one-layer residual function ``f(x, theta) = tanh(W x + b)`` and stacks of it.
+
+This is the residual block of Haber & Ruthotto (2017): the simplest
+parametrised map that makes a ResNet a nonlinear Neural ODE, small enough to
+solve its limit ODE at tight tolerance, with Lipschitz constants in closed
+form (:mod:`resode_tut.bounds`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import vector_to_parameters
+
+from .stack import ResidualStack
+from .weights import weight_path
+
+__all__ = ["TanhLayer", "tanh_stack"]
+
+
+class TanhLayer(nn.Module):
+    r"""``f(x) = tanh(W x + b)`` with ``theta = (W, b)``.
+
+    Parameters
+    ----------
+    dim : int
+        ``d``, the size of the state; ``W`` has shape (d, d), ``b`` shape (d,).
+
+    Shapes: input (B, d) -> output (B, d).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.linear = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"TanhLayer expects inputs of shape (B, {self.dim}), "
+                             f"got {tuple(x.shape)}")
+        return torch.tanh(self.linear(x))
+
+
+def tanh_stack(depth: int, weights: str = "smooth", seed: int = 0, dim: int = 2,
+               rel_noise: float = 1.0, num_modes: int = 3, scheme: str = "euler",
+               dtype: torch.dtype = torch.float64) -> ResidualStack:
+    r"""A stack of ``depth`` :class:`TanhLayer` whose weights follow a random path.
+
+    The mean weights ``theta_bar`` are drawn once per ``seed`` at the usual
+    fan-in scale (``W ~ N(0, 1/d)``, ``b ~ N(0, 1)``); every weight then
+    deviates from its mean by ``rel_noise`` times that scale, along a smooth
+    path ``theta(t)`` or i.i.d. across layers
+    (:func:`resode_tut.weights.weight_path`).  Stacks of any depth built with
+    one ``seed`` sample the *same* smooth path, so increasing ``depth`` refines
+    one Neural ODE.
+
+    Parameters
+    ----------
+    depth : int
+        ``M``, the number of residual functions.
+    weights : {"smooth", "iid"}
+    seed : int
+    dim : int
+        ``d``.
+    rel_noise : float
+        Standard deviation of each weight around its mean, in units of its scale.
+    num_modes : int
+        Fourier modes of a smooth path.
+    scheme : {"euler", "heun"}
+    dtype : torch.dtype
+
+    Returns
+    -------
+    ResidualStack
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be a positive integer, got {depth}")
+    scales = torch.cat([torch.full((dim * dim,), 1 / math.sqrt(dim)),   # W
+                        torch.ones(dim)]).to(torch.float64)             # b
+    gen = torch.Generator().manual_seed(seed)
+    theta_bar = scales * torch.randn(len(scales), generator=gen, dtype=torch.float64)
+    n_steps = depth if scheme == "euler" else depth - 1
+    times = torch.arange(depth, dtype=torch.float64) / max(n_steps, 1)
+    theta = weight_path(weights, times, theta_bar, rel_noise * scales,
+                        seed=seed + 1_000_003, num_modes=num_modes).to(dtype)
+    functions = []
+    for theta_n in theta:
+        f = TanhLayer(dim).to(dtype)
+        vector_to_parameters(theta_n, f.parameters())
+        functions.append(f)
+    return ResidualStack(functions, scheme=scheme)

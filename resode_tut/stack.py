@@ -1,0 +1,194 @@
+"""A residual network read as a one-step ODE scheme on the time interval [0, 1].
+
+The module holds :class:`ResidualStack`, the object every chapter builds on: a
+sequence of residual functions ``f_0, ..., f_{M-1}`` applied with the Euler or
+the Heun scheme.  Depth and step size are tied (``h = 1/M`` or ``1/(M-1)``) so
+that a deeper stack is a finer discretisation of the same time interval, which
+is the scaling of Sander et al. (2022).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ResidualStack", "SCHEMES"]
+
+SCHEMES = ("euler", "heun")
+
+
+class ResidualStack(nn.Module):
+    r"""Residual layers ``x_{n+1} = x_n + h F_n(x_n)`` that end at time ``t = 1``.
+
+    Parameters
+    ----------
+    functions : sequence of torch.nn.Module
+        The residual functions ``f_0, ..., f_{M-1}``, ``M = len(functions)``.
+        Each maps a tensor to a tensor of the *same* shape.  One module may
+        appear several times (tied weights); its parameters are then shared by
+        those layers.  ``f_n`` is the residual function at time
+        ``t_n = n h`` (see ``scheme``): it samples a weight path
+        ``theta(t)`` at ``t_n``.
+    scheme : {"euler", "heun"}
+        ``"euler"``: ``M`` steps of size ``h = 1/M``,
+        ``x_{n+1} = x_n + h f_n(x_n)``.
+        ``"heun"``: ``M - 1`` steps of size ``h = 1/(M - 1)``; step ``n`` uses
+        ``f_n`` at its start and ``f_{n+1}`` at its end,
+        ``x_{n+1} = x_n + h/2 [f_n(x_n) + f_{n+1}(x_n + h f_n(x_n))]``.
+        Both schemes end at ``t = 1``.  Heun needs at least two functions.
+    adjoint : bool
+        Compute gradients with the memory-free discrete adjoint instead of
+        backpropagation.  Not available yet: it is built in chapter 3, and
+        until then ``adjoint=True`` raises ``NotImplementedError``.
+
+    Attributes
+    ----------
+    functions : torch.nn.ModuleList
+        The residual functions, in order (repeated modules kept repeated).
+    scheme : str
+    h : float
+        The step size.
+    num_steps : int
+        ``M`` for Euler, ``M - 1`` for Heun.
+    times : torch.Tensor, shape (num_steps + 1,), float64
+        The times ``t_n = n h`` of the hidden states ``x_0, ..., x_{num_steps}``.
+
+    Raises
+    ------
+    ValueError
+        Unknown scheme, too few functions, an entry that is not a module, or
+        (at call time) a residual function whose output shape differs from its
+        input's, or an input with non-finite values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from resode_tut import ResidualStack
+    >>> stack = ResidualStack([nn.Linear(3, 3) for _ in range(8)])
+    >>> stack(torch.zeros(5, 3)).shape
+    torch.Size([5, 3])
+    >>> stack.h, stack.num_steps
+    (0.125, 8)
+    """
+
+    def __init__(self, functions: Sequence[nn.Module], scheme: str = "euler",
+                 adjoint: bool = False):
+        super().__init__()
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}: choose one of {SCHEMES}")
+        if isinstance(functions, nn.Module) and not isinstance(functions, nn.ModuleList):
+            raise ValueError(
+                "functions must be a sequence of modules, got a single "
+                f"{type(functions).__name__}: wrap it, e.g. [f] * depth for tied weights")
+        try:
+            functions = list(functions)
+        except TypeError:
+            raise ValueError(
+                f"functions must be a sequence of torch.nn.Module, got {type(functions).__name__}"
+            ) from None
+        for n, f in enumerate(functions):
+            if not isinstance(f, nn.Module):
+                raise ValueError(
+                    f"functions[{n}] is a {type(f).__name__}, not a torch.nn.Module: "
+                    "wrap plain callables in a module")
+        min_len = 1 if scheme == "euler" else 2
+        if len(functions) < min_len:
+            raise ValueError(
+                f"scheme {scheme!r} needs at least {min_len} residual function(s), "
+                f"got {len(functions)}")
+        if adjoint:
+            raise NotImplementedError(
+                "adjoint=True (the memory-free discrete adjoint) is not implemented yet: "
+                "it arrives with chapter 3; use adjoint=False (backpropagation) meanwhile")
+        self.functions = nn.ModuleList(functions)
+        self.scheme = scheme
+        self.adjoint = adjoint
+
+    # -- the time grid -----------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """``M``, the number of residual functions."""
+        return len(self.functions)
+
+    @property
+    def num_steps(self) -> int:
+        return self.depth if self.scheme == "euler" else self.depth - 1
+
+    @property
+    def h(self) -> float:
+        return 1.0 / self.num_steps
+
+    @property
+    def times(self) -> torch.Tensor:
+        return torch.arange(self.num_steps + 1, dtype=torch.float64) / self.num_steps
+
+    @property
+    def function_times(self) -> torch.Tensor:
+        """Times ``t_n = n h`` at which ``f_n`` samples ``theta(t)``, shape (M,)."""
+        return torch.arange(self.depth, dtype=torch.float64) / self.num_steps
+
+    # -- the scheme ----------------------------------------------------------
+    def _f(self, n: int, x: torch.Tensor) -> torch.Tensor:
+        out = self.functions[n](x)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"residual function {n} ({type(self.functions[n]).__name__}) maps an input of "
+                f"shape {tuple(x.shape)} to {shape}: a residual function must keep the shape")
+        return out
+
+    def step(self, n: int, x: torch.Tensor) -> torch.Tensor:
+        """One step of the scheme, ``x_n -> x_{n+1}``, for ``0 <= n < num_steps``."""
+        h = self.h
+        k1 = self._f(n, x)
+        if self.scheme == "euler":
+            return x + h * k1
+        k2 = self._f(n + 1, x + h * k1)
+        return x + (h / 2) * (k1 + k2)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values: clean or rescale the data")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the stack.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, ...)
+            The input ``x_0``; any shape the residual functions accept.
+
+        Returns
+        -------
+        torch.Tensor, same shape as ``x``
+            The output ``x_{num_steps}``, the state at ``t = 1``.
+        """
+        self._check_input(x)
+        for n in range(self.num_steps):
+            x = self.step(n, x)
+        return x
+
+    def trajectory(self, x: torch.Tensor) -> torch.Tensor:
+        """All hidden states ``x_0, ..., x_{num_steps}``.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, ...)
+
+        Returns
+        -------
+        torch.Tensor, shape (num_steps + 1, B, ...)
+            ``out[n]`` is ``x_n``, the state at time ``times[n]``.
+        """
+        self._check_input(x)
+        states = [x]
+        for n in range(self.num_steps):
+            states.append(self.step(n, states[-1]))
+        return torch.stack(states)
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme!r}, depth={self.depth}, h={self.h:.4g}, adjoint={self.adjoint}"
