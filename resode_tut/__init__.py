@@ -13,6 +13,7 @@ The companion package of the resode-tut book.  Public API:
 from .bounds import euler_distance_bound
 from .discretisation import DistanceSweep, distance_sweep
 from .limit import InterpolatedField, ode_distance, solve_limit_ode
+from .plots import depth_axis
 from .rates import loglog_slope
 from .residual_functions import TanhLayer, tanh_stack
 from .runtime import Runtime, get_mode, seed_everything, setup
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ResidualStack", "SCHEMES", "InterpolatedField", "solve_limit_ode", "ode_distance",
     "TanhLayer", "tanh_stack", "weight_path", "total_variation", "WEIGHT_KINDS",
-    "euler_distance_bound", "DistanceSweep", "distance_sweep", "loglog_slope",
+    "euler_distance_bound", "DistanceSweep", "distance_sweep", "loglog_slope", "depth_axis",
     "Runtime", "setup", "get_mode", "seed_everything", "__version__",
 ]

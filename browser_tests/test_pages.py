@@ -1,0 +1,122 @@
+"""Real-browser checks of the built book (run after `jupyter-book build`).
+
+Headless Chromium (Debian's chromium + chromium-driver) loads every page of
+_toc.yml from a local HTTP server and checks what a reader sees: MathJax
+typeset the equations (no raw TeX left in the visible text), every image
+loaded, and the Colab button opens a notebook that exists in the repository.
+A full-page screenshot of each page is kept under _build/screenshots/.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+PAGES = [TOC["root"]] + [c["file"] for c in TOC["chapters"]]
+CHAPTERS = [p for p in PAGES if re.match(r"book/\d\d_", p)]
+RAW_TEX = re.compile(r"\\\(|\\\[|\$\$|\\begin\{|\\frac|\\mathbb|\\theta")
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (HTML / "index.html").exists():
+        pytest.fail(f"no built book at {HTML}: run `jupyter-book build .` first")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.fail("headless Chromium is missing: apt-get install chromium chromium-driver")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--window-size=1280,900"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    driver.set_page_load_timeout(60)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _load(browser, server, page):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server}/{page}.html")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
+    # Wait for MathJax 3 to finish typesetting, when the page loads it.
+    browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+            MathJax.startup.promise.then(() => done(true), () => done(false));
+        } else { done(null); }""")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
+        "return Array.from(document.images).every(i => i.complete)"))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders(browser, server, page):
+    _load(browser, server, page)
+    text = browser.execute_script(
+        "return document.querySelector('article, main, body').innerText")
+    leftover = RAW_TEX.findall(text)
+    assert not leftover, f"{page}: raw TeX left in the visible text: {leftover[:5]}"
+    broken = browser.execute_script(
+        "return Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
+    assert not broken, f"{page}: images that did not load: {broken}"
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, min(max(height, 900), 16000))
+    browser.save_screenshot(str(SHOTS / (page.replace("/", "_") + ".png")))
+    browser.set_window_size(1280, 900)
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chapter_math_and_figures(browser, server, page):
+    _load(browser, server, page)
+    typeset = browser.execute_script("return document.querySelectorAll('mjx-container').length")
+    assert typeset > 0, f"{page}: MathJax typeset no equation"
+    figures = browser.execute_script(
+        "return Array.from(document.images).filter(i => i.src.includes('_images/') "
+        "&& i.naturalWidth > 100).length")
+    assert figures > 0, f"{page}: no figure image rendered"
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_colab_link_opens_existing_notebook(browser, server, page):
+    _load(browser, server, page)
+    links = browser.execute_script(
+        "return Array.from(document.querySelectorAll('a')).map(a => a.href)"
+        ".filter(h => h.includes('colab.research.google.com'))")
+    assert links, f"{page}: no Colab launch button"
+    repo = urlparse(CONFIG["repository"]["url"]).path.strip("/")
+    branch = CONFIG["repository"]["branch"]
+    prefix = f"https://colab.research.google.com/github/{repo}/blob/{branch}/"
+    for href in links:
+        assert href.startswith(prefix), f"{page}: Colab link {href} is not under {prefix}"
+        path = href[len(prefix):]
+        assert path.endswith(".ipynb"), f"{page}: Colab link opens {path}, not a notebook"
+        assert (ROOT / path).is_file(), f"{page}: Colab link opens {path}, missing from the repo"

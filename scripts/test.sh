@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run every test: unit tests, the chapters under nbval (quick mode), a book
+# build with -W (quick mode), and real-browser checks of the built pages.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+export RESODE_MODE=quick
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing headless Chromium (Debian packages chromium, chromium-driver)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "error: the browser tests need Chromium and its driver:" >&2
+        echo "       sudo apt-get install chromium chromium-driver" >&2
+        exit 1
+    fi
+fi
+
+echo "== 1/4 unit tests and book consistency (pairing, URLs, toc)"
+python -m pytest tests
+
+echo "== 2/4 nbval: every chapter of _toc.yml, quick mode"
+mapfile -t notebooks < <(python -c "import yaml; toc = yaml.safe_load(open('_toc.yml'));
+[print(c['file'] + '.ipynb') for c in toc['chapters'] if c['file'].split('/')[-1][:2].isdigit()]")
+python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider "${notebooks[@]}"
+
+echo "== 3/4 book build with -W, quick mode"
+jupyter-book build --all -W -n --keep-going .
+
+echo "== 4/4 real-browser checks of the built pages (screenshots in _build/screenshots)"
+python -m pytest browser_tests
