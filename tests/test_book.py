@@ -1,0 +1,68 @@
+"""Consistency of the book's sources: pairs, outputs, first cells, one repository URL."""
+import re
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+URL = CONFIG["repository"]["url"]
+CHAPTERS = [c["file"] for c in TOC["chapters"] if re.match(r"book/\d\d_", c["file"])]
+
+
+def test_toc_lists_every_chapter_file():
+    on_disk = sorted(str(p.relative_to(ROOT).with_suffix(""))
+                     for p in (ROOT / "book").glob("[0-9][0-9]_*.md"))
+    assert CHAPTERS == on_disk, "every book/NN_topic.md must be in _toc.yml, in order"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_pair_is_in_sync_and_output_free(chapter):
+    md, ipynb = ROOT / f"{chapter}.md", ROOT / f"{chapter}.ipynb"
+    assert ipynb.exists(), f"{ipynb.name} missing: run `jupytext --sync {md.name}`"
+    from_md = jupytext.read(md)
+    nb = nbformat.read(ipynb, as_version=4)
+    cells = lambda notebook: [(c.cell_type, c.source.strip()) for c in notebook.cells]
+    assert cells(from_md) == cells(nb), (
+        f"{ipynb.name} is out of sync with {md.name}: run `jupytext --sync {md}`")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{ipynb.name} has outputs: the committed notebook must be output-free")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_first_code_cell_installs_on_colab_only_and_sets_up(chapter):
+    nb = jupytext.read(ROOT / f"{chapter}.md")
+    first = next(c.source for c in nb.cells if c.cell_type == "code")
+    assert '"google.colab" in sys.modules' in first
+    install = re.search(r'%pip install -q "resode-tut @ git\+(\S+)"', first)
+    assert install and install.group(1) == URL, "install cell must use _config.yml's URL"
+    assert "torch" not in first.split("%pip")[1].split("\n")[0], "never reinstall torch on Colab"
+    assert "rt.setup(" in first and "%matplotlib inline" in first
+
+
+def test_repository_url_is_the_same_everywhere():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["urls"]["Homepage"] == URL
+    readme = (ROOT / "README.md").read_text()
+    github = set(re.findall(r"https://github\.com/[\w-]+/[\w-]+(?:\.[\w-]+)*", readme))
+    assert github == {URL}, f"README links to other repositories: {github - {URL}}"
+    owner, repo = URL.rstrip("/").split("/")[-2:]
+    assert f"https://{owner}.github.io/{repo}" in readme
+    assert project["urls"]["Documentation"] == f"https://{owner}.github.io/{repo}"
+
+
+def test_every_citation_is_in_the_bibliography():
+    bib = (ROOT / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    cited = set()
+    for md in (ROOT / "book").glob("*.md"):
+        for group in re.findall(r"\{cite:[pt]\}`([^`]+)`", md.read_text()):
+            cited.update(k.strip() for k in group.split(","))
+    assert cited <= keys, f"cited but not in references.bib: {cited - keys}"
