@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .bounds import euler_distance_bound
 from .limit import solve_limit_ode
+from .progress import progress as progress_bar
 from .rates import loglog_slope
 from .residual_functions import tanh_stack
 from .weights import WEIGHT_KINDS
@@ -95,7 +95,7 @@ def distance_sweep(depths: Sequence[int], kinds: Sequence[str] = WEIGHT_KINDS,
     for kind in kinds:
         out.distance[kind] = np.zeros((len(depths), len(seeds)))
         out.bound[kind] = np.zeros((len(depths), len(seeds)))
-    for kind, i, j in tqdm(jobs, desc="ResNet vs ODE", disable=not progress):
+    for kind, i, j in progress_bar(jobs, "ResNet vs ODE", enabled=progress):
         stack = tanh_stack(int(depths[i]), kind, seed=seeds[j], dim=dim,
                            rel_noise=rel_noise, num_modes=num_modes)
         with torch.no_grad():
