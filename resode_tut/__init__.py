@@ -13,9 +13,10 @@ The companion package of the resode-tut book.  Public API:
 from .bounds import euler_distance_bound
 from .discretisation import DistanceSweep, distance_sweep
 from .limit import InterpolatedField, ode_distance, solve_limit_ode
+from .mean_field import iid_plateau, tanh_mean_fields
 from .plots import depth_axis
 from .rates import loglog_slope
-from .residual_functions import TanhLayer, tanh_stack
+from .residual_functions import TanhLayer, tanh_mean_weights, tanh_stack
 from .runtime import Runtime, get_mode, seed_everything, setup
 from .stack import SCHEMES, ResidualStack
 from .weights import WEIGHT_KINDS, total_variation, weight_path
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ResidualStack", "SCHEMES", "InterpolatedField", "solve_limit_ode", "ode_distance",
-    "TanhLayer", "tanh_stack", "weight_path", "total_variation", "WEIGHT_KINDS",
+    "TanhLayer", "tanh_stack", "tanh_mean_weights", "iid_plateau", "tanh_mean_fields", "weight_path", "total_variation", "WEIGHT_KINDS",
     "euler_distance_bound", "DistanceSweep", "distance_sweep", "loglog_slope", "depth_axis",
     "Runtime", "setup", "get_mode", "seed_everything", "__version__",
 ]

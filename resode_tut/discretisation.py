@@ -31,19 +31,25 @@ class DistanceSweep:
     ----------
     depths : numpy.ndarray, shape (K,)
     seeds : list of int, length S
+    inputs : torch.Tensor, shape (B, d)
+        The inputs ``x_0`` shared by all networks.
     distance : dict[str, numpy.ndarray of shape (K, S)]
         Per weight kind: ``max_n ||x_n - x(t_n)||`` averaged over the inputs.
     bound : dict[str, numpy.ndarray of shape (K, S)]
-        The Gronwall bound averaged over the inputs.
+        The Gronwall bound (per-layer recursion) averaged over the inputs.
+    closed_bound : dict[str, numpy.ndarray of shape (K, S)]
+        The paper's closed-form bound averaged over the inputs.
     bound_violations : int
         Number of (input, depth, seed, kind) with distance above its bound;
-        0 when the theory holds.
+        0 when the theory holds (checked against both forms of the bound).
     """
 
     depths: np.ndarray
     seeds: list
+    inputs: torch.Tensor
     distance: dict = field(default_factory=dict)
     bound: dict = field(default_factory=dict)
+    closed_bound: dict = field(default_factory=dict)
     bound_violations: int = 0
 
     def mean(self, kind: str, what: str = "distance") -> np.ndarray:
@@ -90,11 +96,12 @@ def distance_sweep(depths: Sequence[int], kinds: Sequence[str] = WEIGHT_KINDS,
             raise ValueError(f"unknown weight kind {kind!r}: choose from {WEIGHT_KINDS}")
     gen = torch.Generator().manual_seed(input_seed)
     x0 = torch.randn(num_inputs, dim, generator=gen, dtype=torch.float64)
-    out = DistanceSweep(depths=depths, seeds=list(seeds))
+    out = DistanceSweep(depths=depths, seeds=list(seeds), inputs=x0)
     jobs = [(k, i, j) for k in kinds for i in range(len(depths)) for j in range(len(seeds))]
     for kind in kinds:
         out.distance[kind] = np.zeros((len(depths), len(seeds)))
         out.bound[kind] = np.zeros((len(depths), len(seeds)))
+        out.closed_bound[kind] = np.zeros((len(depths), len(seeds)))
     for kind, i, j in progress_bar(jobs, "ResNet vs ODE", enabled=progress):
         stack = tanh_stack(int(depths[i]), kind, seed=seeds[j], dim=dim,
                            rel_noise=rel_noise, num_modes=num_modes)
@@ -102,8 +109,11 @@ def distance_sweep(depths: Sequence[int], kinds: Sequence[str] = WEIGHT_KINDS,
             resnet = stack.trajectory(x0)
         ode = solve_limit_ode(stack, x0, rtol=rtol, atol=atol)
         dist = (resnet - ode).norm(dim=2).amax(dim=0)
-        bound = euler_distance_bound(stack, radius=ode.norm(dim=2).amax(dim=0))
-        out.bound_violations += int((dist > bound).sum())
+        radius = ode.norm(dim=2).amax(dim=0)
+        bound = euler_distance_bound(stack, radius)
+        closed = euler_distance_bound(stack, radius, form="closed")
+        out.bound_violations += int((dist > bound).sum() + (dist > closed).sum())
         out.distance[kind][i, j] = dist.mean().item()
         out.bound[kind][i, j] = bound.mean().item()
+        out.closed_bound[kind][i, j] = closed.mean().item()
     return out

@@ -16,7 +16,7 @@ from torch.nn.utils import vector_to_parameters
 from .stack import ResidualStack
 from .weights import weight_path
 
-__all__ = ["TanhLayer", "tanh_stack"]
+__all__ = ["TanhLayer", "tanh_stack", "tanh_mean_weights"]
 
 
 class TanhLayer(nn.Module):
@@ -40,6 +40,29 @@ class TanhLayer(nn.Module):
             raise ValueError(f"TanhLayer expects inputs of shape (B, {self.dim}), "
                              f"got {tuple(x.shape)}")
         return torch.tanh(self.linear(x))
+
+
+def tanh_mean_weights(seed: int, dim: int = 2, rel_noise: float = 1.0):
+    r"""The law of one layer of :func:`tanh_stack`: means and spreads of ``W`` and ``b``.
+
+    The mean weights are drawn once per ``seed`` at the usual fan-in scale,
+    ``bar W ~ N(0, 1/d)`` and ``bar b ~ N(0, 1)``; each weight's spread around
+    its mean is ``rel_noise`` times that scale.
+
+    Returns
+    -------
+    W_bar : torch.Tensor, shape (d, d)
+    b_bar : torch.Tensor, shape (d,)
+    sigma_W : torch.Tensor, shape (d, d)
+    sigma_b : torch.Tensor, shape (d,)
+        All float64.
+    """
+    scale_W = torch.full((dim, dim), 1 / math.sqrt(dim), dtype=torch.float64)
+    scale_b = torch.ones(dim, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    W_bar = scale_W * torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+    b_bar = scale_b * torch.randn(dim, generator=gen, dtype=torch.float64)
+    return W_bar, b_bar, rel_noise * scale_W, rel_noise * scale_b
 
 
 def tanh_stack(depth: int, weights: str = "smooth", seed: int = 0, dim: int = 2,
@@ -76,13 +99,12 @@ def tanh_stack(depth: int, weights: str = "smooth", seed: int = 0, dim: int = 2,
     """
     if depth < 1:
         raise ValueError(f"depth must be a positive integer, got {depth}")
-    scales = torch.cat([torch.full((dim * dim,), 1 / math.sqrt(dim)),   # W
-                        torch.ones(dim)]).to(torch.float64)             # b
-    gen = torch.Generator().manual_seed(seed)
-    theta_bar = scales * torch.randn(len(scales), generator=gen, dtype=torch.float64)
+    W_bar, b_bar, sigma_W, sigma_b = tanh_mean_weights(seed, dim, rel_noise)
+    theta_bar = torch.cat([W_bar.flatten(), b_bar])  # parameter order of TanhLayer
+    sigma = torch.cat([sigma_W.flatten(), sigma_b])
     n_steps = depth if scheme == "euler" else depth - 1
     times = torch.arange(depth, dtype=torch.float64) / max(n_steps, 1)
-    theta = weight_path(weights, times, theta_bar, rel_noise * scales,
+    theta = weight_path(weights, times, theta_bar, sigma,
                         seed=seed + 1_000_003, num_modes=num_modes).to(dtype)
     functions = []
     for theta_n in theta:

@@ -67,3 +67,15 @@ def test_loglog_slope():
     assert loglog_slope(x, 3 * x ** -2.0) == pytest.approx(-2.0)
     with pytest.raises(ValueError, match="positive"):
         loglog_slope(x, [1.0, 0.0, 2.0])
+
+
+def test_closed_form_bound_is_above_the_recursion():
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
+    for kind in ("smooth", "iid"):
+        stack = tanh_stack(16, kind, seed=1)
+        radius = solve_limit_ode(stack, x0).norm(dim=2).amax(0)
+        rec = euler_distance_bound(stack, radius)
+        closed = euler_distance_bound(stack, radius, form="closed")
+        assert (closed >= rec).all()
+    with pytest.raises(ValueError, match="unknown form"):
+        euler_distance_bound(stack, radius, form="tight")
