@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from helpers import Linear
 from torch import nn
 
 from resode_tut import (InterpolatedField, ResidualStack, loglog_slope, ode_distance,
@@ -10,14 +11,6 @@ from resode_tut import (InterpolatedField, ResidualStack, loglog_slope, ode_dist
 
 torch.set_default_dtype(torch.float64)
 
-
-class Linear(nn.Module):
-    def __init__(self, A):
-        super().__init__()
-        self.A = nn.Parameter(A.clone())
-
-    def forward(self, x):
-        return x @ self.A.T
 
 
 def test_constant_weights_give_the_matrix_exponential():

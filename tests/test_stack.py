@@ -3,20 +3,13 @@ matrix powers and the matrix exponential (closed forms for linear layers)."""
 import numpy as np
 import pytest
 import torch
+from helpers import Linear
 from torch import nn
 
 from resode_tut import ResidualStack, loglog_slope
 
 torch.set_default_dtype(torch.float64)
 
-
-class Linear(nn.Module):
-    def __init__(self, A):
-        super().__init__()
-        self.A = nn.Parameter(A.clone())
-
-    def forward(self, x):
-        return x @ self.A.T
 
 
 def random_mlps(M, d=3, seed=0):
