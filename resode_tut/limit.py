@@ -64,7 +64,6 @@ class InterpolatedField(nn.Module):
         self.theta = {k: v.detach() for k, v in {**params, **buffers}.items()}
         self.knots = stack.function_times.to(next(iter(self.theta.values())).device)
         self._base = copy.deepcopy(first)
-        self.nfe = 0
 
     def theta_at(self, t: torch.Tensor | float) -> dict[str, torch.Tensor]:
         """``theta(t)``: linear between knots, constant after the last one."""
@@ -81,7 +80,6 @@ class InterpolatedField(nn.Module):
         return out
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
         return functional_call(self._base, self.theta_at(t), (x,))
 
 
