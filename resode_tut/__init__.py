@@ -8,10 +8,14 @@ The companion package of the resode-tut book.  Public API:
 * :class:`TanhLayer`, :func:`tanh_stack`, :func:`weight_path` -- residual
   functions and weights that are smooth or i.i.d. in depth;
 * :func:`euler_distance_bound` -- a computable Gronwall bound;
+* :class:`LinearResNet`, :func:`train_gd`, :func:`smoothness`,
+  :func:`linear_sweep` -- linear ResNets trained by gradient descent (chapter 2);
 * :func:`setup` -- run mode (``RESODE_MODE``), device and seeds.
 """
 from .bounds import euler_distance_bound
 from .discretisation import DistanceSweep, distance_sweep
+from .linear import (GDHistory, LinearResidual, LinearResNet, LinearSweep, linear_sweep,
+                     paper_target, smoothness, train_gd)
 from .limit import InterpolatedField, ode_distance, solve_limit_ode
 from .mean_field import iid_plateau, tanh_mean_fields
 from .plots import depth_axis
@@ -27,5 +31,7 @@ __all__ = [
     "ResidualStack", "SCHEMES", "InterpolatedField", "solve_limit_ode", "ode_distance",
     "TanhLayer", "tanh_stack", "tanh_mean_weights", "iid_plateau", "tanh_mean_fields", "weight_path", "total_variation", "WEIGHT_KINDS",
     "euler_distance_bound", "DistanceSweep", "distance_sweep", "loglog_slope", "depth_axis",
+    "LinearResidual", "LinearResNet", "GDHistory", "LinearSweep", "linear_sweep", "train_gd",
+    "smoothness", "paper_target",
     "Runtime", "setup", "get_mode", "seed_everything", "__version__",
 ]
