@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .adjoint import euler_adjoint
+
 __all__ = ["ResidualStack", "SCHEMES"]
 
 SCHEMES = ("euler", "heun")
@@ -38,9 +40,12 @@ class ResidualStack(nn.Module):
         ``x_{n+1} = x_n + h/2 [f_n(x_n) + f_{n+1}(x_n + h f_n(x_n))]``.
         Both schemes end at ``t = 1``.  Heun needs at least two functions.
     adjoint : bool
-        Compute gradients with the memory-free discrete adjoint instead of
-        backpropagation.  Not available yet: it is built in chapter 3, and
-        until then ``adjoint=True`` raises ``NotImplementedError``.
+        Compute gradients with the memory-free discrete adjoint
+        (:mod:`resode_tut.adjoint`) instead of backpropagation: the forward
+        values are identical, nothing but the output is kept for backward,
+        and backward reconstructs the hidden states layer by layer.  The
+        residual functions must then be deterministic (no dropout).  Euler
+        only for now; the Heun adjoint arrives with chapter 4.
 
     Attributes
     ----------
@@ -98,10 +103,10 @@ class ResidualStack(nn.Module):
             raise ValueError(
                 f"scheme {scheme!r} needs at least {min_len} residual function(s), "
                 f"got {len(functions)}")
-        if adjoint:
+        if adjoint and scheme != "euler":
             raise NotImplementedError(
-                "adjoint=True (the memory-free discrete adjoint) is not implemented yet: "
-                "it arrives with chapter 3; use adjoint=False (backpropagation) meanwhile")
+                f"adjoint=True is implemented for scheme='euler' only; the {scheme} adjoint "
+                "arrives with chapter 4: use adjoint=False (backpropagation) meanwhile")
         self.functions = nn.ModuleList(functions)
         self.scheme = scheme
         self.adjoint = adjoint
@@ -168,12 +173,15 @@ class ResidualStack(nn.Module):
             The output ``x_{num_steps}``, the state at ``t = 1``.
         """
         self._check_input(x)
+        if self.adjoint and torch.is_grad_enabled():
+            return euler_adjoint(self, x)
         for n in range(self.num_steps):
             x = self.step(n, x)
         return x
 
     def trajectory(self, x: torch.Tensor) -> torch.Tensor:
-        """All hidden states ``x_0, ..., x_{num_steps}``.
+        """All hidden states ``x_0, ..., x_{num_steps}`` (by backpropagation, whatever
+        ``adjoint`` says: keeping every state is the point here).
 
         Parameters
         ----------

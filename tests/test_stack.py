@@ -124,5 +124,5 @@ def test_non_finite_input_and_adjoint_placeholder():
     stack = ResidualStack([nn.Identity()])
     with pytest.raises(ValueError, match="NaN or infinite"):
         stack(torch.tensor([[float("nan"), 0.0]]))
-    with pytest.raises(NotImplementedError, match="chapter 3"):
-        ResidualStack([nn.Identity()], adjoint=True)
+    with pytest.raises(NotImplementedError, match="chapter 4"):
+        ResidualStack([nn.Identity(), nn.Identity()], scheme="heun", adjoint=True)

@@ -1,0 +1,145 @@
+r"""Four ways to differentiate an Euler residual stack, side by side.
+
+* ``"backprop"`` -- plain autograd: every layer keeps its activations.
+* ``"checkpoint"`` -- ``torch.utils.checkpoint`` per block: keeps each block's
+  input, recomputes the block in backward.
+* ``"odeint_adjoint"`` -- torchdiffeq's continuous adjoint on the equivalent
+  ODE ``dx/dt = f(x, theta(t))`` (weights interpolated linearly between the
+  layers, Euler with the stack's step, so the forward values are the stack's).
+* ``"adjoint"`` -- the memory-free discrete adjoint of :mod:`resode_tut.adjoint`.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
+from torchdiffeq import odeint_adjoint
+
+from .adjoint import euler_adjoint
+from .memory import SavedTensorsCounter
+from .stack import ResidualStack
+
+__all__ = ["METHODS", "forward_with", "gradients", "saved_bytes", "step_time",
+           "relative_error"]
+
+METHODS = ("backprop", "checkpoint", "odeint_adjoint", "adjoint")
+
+
+class _StackField(nn.Module):
+    """``(t, x) -> f(x, theta(t))`` built from the stack's own parameters, so that
+    gradients reach them; ``theta`` is linear between the layer times."""
+
+    def __init__(self, stack: ResidualStack):
+        super().__init__()
+        self.stack = stack
+        self.names = [dict(f.named_parameters()) for f in stack.functions]
+
+    def forward(self, t, x):
+        M, h = self.stack.depth, self.stack.h
+        s = float(t.detach()) / h
+        n = min(max(int(s + 1e-9), 0), M - 1)
+        w = min(max(s - n, 0.0), 1.0) if n < M - 1 else 0.0
+        f = self.stack.functions[n]
+        if w == 0.0:
+            return f(x)
+        nxt = self.names[n + 1]
+        theta = {k: (1 - w) * p + w * nxt[k] for k, p in self.names[n].items()}
+        return functional_call(f, theta, (x,))
+
+
+def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Tensor:
+    """The stack's output ``x_N``, computed so that backward uses ``method``.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        An Euler stack (its own ``adjoint`` flag is ignored).
+    x : torch.Tensor, shape (B, ...)
+    method : {"backprop", "checkpoint", "odeint_adjoint", "adjoint"}
+
+    Returns
+    -------
+    torch.Tensor, same shape as ``x``
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown gradient method {method!r}: choose one of {METHODS}")
+    if stack.scheme != "euler":
+        raise ValueError(f"forward_with compares Euler stacks, got scheme {stack.scheme!r}")
+    h = stack.h
+    if method == "backprop":
+        for n in range(stack.num_steps):
+            x = x + h * stack.functions[n](x)
+        return x
+    if method == "checkpoint":
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)  # reentrant checkpoint needs it
+        for n in range(stack.num_steps):
+            f = stack.functions[n]
+            x = checkpoint(lambda z, f=f: z + h * f(z), x, use_reentrant=True)
+        return x
+    if method == "odeint_adjoint":
+        field = _StackField(stack)
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
+        params = tuple(p for p in stack.parameters() if p.requires_grad)
+        return odeint_adjoint(field, x, t, method="euler", options={"step_size": h},
+                              adjoint_params=params)[-1]
+    return euler_adjoint(stack, x)
+
+
+def _loss(out: torch.Tensor) -> torch.Tensor:
+    # a fixed, non-symmetric linear functional of the output
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device)
+    return (out.flatten() * w).sum() / out.shape[0]
+
+
+def gradients(stack: ResidualStack, x: torch.Tensor, method: str) -> list[torch.Tensor]:
+    """Gradients of a fixed linear loss of ``x_N`` with respect to every parameter.
+
+    Returns
+    -------
+    list of torch.Tensor
+        One per parameter of the stack, in ``stack.parameters()`` order.
+    """
+    params = [p for p in stack.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    # .backward() rather than autograd.grad: reentrant checkpointing needs it
+    _loss(forward_with(stack, x, method)).backward()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p, g in zip(params, saved):
+        p.grad = g
+    return grads
+
+
+def relative_error(reference: list[torch.Tensor], approx: list[torch.Tensor]) -> float:
+    """``||g - g_ref|| / ||g_ref||`` over all parameters together."""
+    num = sum((a - r).double().square().sum() for r, a in zip(reference, approx))
+    den = sum(r.double().square().sum() for r in reference)
+    return float((num / den).sqrt())
+
+
+def saved_bytes(stack: ResidualStack, x: torch.Tensor, method: str) -> int:
+    """Bytes kept for backward by one forward pass with ``method`` (parameters excluded)."""
+    with SavedTensorsCounter(stack) as counter:
+        out = forward_with(stack, x, method)
+    del out
+    return counter.bytes
+
+
+def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int = 3) -> float:
+    """Median wall time (s) of one forward + backward pass with ``method``."""
+    times = []
+    for _ in range(repeats + 1):  # the first one warms up
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        _loss(forward_with(stack, x, method)).backward()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    stack.zero_grad(set_to_none=True)
+    return sorted(times[1:])[len(times[1:]) // 2]
