@@ -12,7 +12,8 @@ The companion package of the resode-tut book.  Public API:
   :func:`linear_sweep` -- linear ResNets trained by gradient descent (chapter 2);
 * :func:`setup` -- run mode (``RESODE_MODE``), device and seeds.
 """
-from .adjoint import ReconstructionError, euler_adjoint
+from . import bench, classifier, data, gradient_methods, memory
+from .adjoint import ReconstructionError, euler_adjoint, reconstruct
 from .bounds import euler_distance_bound
 from .discretisation import DistanceSweep, distance_sweep
 from .linear import (GDHistory, LinearResidual, LinearResNet, LinearSweep, linear_sweep,
@@ -29,7 +30,7 @@ from .weights import WEIGHT_KINDS, total_variation, weight_path
 __version__ = "0.1.0"
 
 __all__ = [
-    "ResidualStack", "SCHEMES", "euler_adjoint", "ReconstructionError", "InterpolatedField", "solve_limit_ode", "ode_distance",
+    "ResidualStack", "SCHEMES", "euler_adjoint", "reconstruct", "ReconstructionError", "InterpolatedField", "solve_limit_ode", "ode_distance",
     "TanhLayer", "tanh_stack", "tanh_mean_weights", "iid_plateau", "tanh_mean_fields", "weight_path", "total_variation", "WEIGHT_KINDS",
     "euler_distance_bound", "DistanceSweep", "distance_sweep", "loglog_slope", "depth_axis",
     "LinearResidual", "LinearResNet", "GDHistory", "LinearSweep", "linear_sweep", "train_gd",

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["euler_adjoint", "ReconstructionError"]
+__all__ = ["euler_adjoint", "reconstruct", "ReconstructionError"]
 
 
 class ReconstructionError(FloatingPointError):
@@ -129,3 +129,31 @@ def euler_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
     """
     params = _unique_params(stack.functions)
     return _EulerAdjoint.apply(x, stack, len(params), *params)
+
+
+def reconstruct(stack, x_N: torch.Tensor) -> torch.Tensor:
+    """The hidden states the adjoint rebuilds backwards from the output alone.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        Euler.
+    x_N : torch.Tensor, shape (B, ...)
+        The stack's output.
+
+    Returns
+    -------
+    torch.Tensor, shape (num_steps + 1, B, ...)
+        ``out[n] = x~_n`` with ``x~_N = x_N`` and
+        ``x~_n = x~_{n+1} - h f_n(x~_{n+1})``; compare with
+        :meth:`ResidualStack.trajectory` for the reconstruction error.
+    """
+    if stack.scheme != "euler":
+        raise ValueError(f"reconstruct needs an Euler stack, got scheme {stack.scheme!r}")
+    states = [x_N.detach()]
+    with torch.no_grad():
+        for n in reversed(range(stack.num_steps)):
+            f = stack.functions[n]
+            with _buffers_frozen(list(f.buffers())):
+                states.append(states[-1] - stack.h * f(states[-1]))
+    return torch.stack(states[::-1])

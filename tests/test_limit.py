@@ -9,7 +9,7 @@ from torch import nn
 from resode_tut import (InterpolatedField, ResidualStack, loglog_slope, ode_distance,
                         solve_limit_ode, tanh_stack)
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 

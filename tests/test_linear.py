@@ -8,7 +8,7 @@ import torch
 from resode_tut import (LinearResNet, loglog_slope, ode_distance, paper_target, smoothness,
                         train_gd)
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def product(A):

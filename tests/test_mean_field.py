@@ -1,9 +1,10 @@
 """Mean fields of i.i.d. tanh layers against Monte Carlo over drawn layers."""
+import pytest
 import torch
 
 from resode_tut import iid_plateau, tanh_mean_fields, tanh_mean_weights, tanh_stack
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def test_quadrature_fields_match_monte_carlo_over_layers():

@@ -8,7 +8,7 @@ from torch import nn
 
 from resode_tut import ResidualStack, loglog_slope
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 

@@ -6,7 +6,7 @@ import torch
 from resode_tut import (distance_sweep, euler_distance_bound, loglog_slope, solve_limit_ode,
                         tanh_stack, total_variation, weight_path)
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def increments(N, kind):
