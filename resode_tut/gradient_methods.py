@@ -130,8 +130,9 @@ def saved_bytes(stack: ResidualStack, x: torch.Tensor, method: str) -> int:
     return counter.bytes
 
 
-def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int = 3) -> float:
-    """Median wall time (s) of one forward + backward pass with ``method``."""
+def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int = 5) -> float:
+    """Wall time (s) of one forward + backward pass with ``method``: the minimum over
+    ``repeats`` runs after a warm-up (the least disturbed by other load)."""
     times = []
     for _ in range(repeats + 1):  # the first one warms up
         if x.is_cuda:
@@ -142,7 +143,7 @@ def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int =
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     stack.zero_grad(set_to_none=True)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    return min(times[1:])
 
 
 def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int = 16,
