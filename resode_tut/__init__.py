@@ -12,7 +12,7 @@ The companion package of the resode-tut book.  Public API:
   :func:`linear_sweep` -- linear ResNets trained by gradient descent (chapter 2);
 * :func:`setup` -- run mode (``RESODE_MODE``), device and seeds.
 """
-from . import bench, classifier, data, gradient_methods, memory
+from . import classifier, data, gradient_methods, memory
 from .adjoint import ReconstructionError, euler_adjoint, reconstruct
 from .bounds import euler_distance_bound
 from .discretisation import DistanceSweep, distance_sweep
@@ -37,3 +37,12 @@ __all__ = [
     "smoothness", "paper_target",
     "Runtime", "setup", "get_mode", "seed_everything", "__version__",
 ]
+
+
+def __getattr__(name):
+    # `bench` is imported on first use, so that `python -m resode_tut.bench` runs it fresh
+    if name == "bench":
+        import importlib
+
+        return importlib.import_module(".bench", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m resode_tut.bench",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("which", choices=["adjoint"], help="benchmark to run")
-    parser.add_argument("--depths", type=int, nargs="+", default=[16, 64, 256, 1024])
+    parser.add_argument("--depths", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
