@@ -69,10 +69,9 @@ class _EulerAdjoint(torch.autograd.Function):
     def forward(ctx, x, stack, params_count, *params):
         ctx.stack = stack
         ctx.params = params
-        h = stack.h
         with torch.no_grad():
             for n in range(stack.num_steps):
-                x = x + h * stack._f(n, x)
+                x = stack.step(n, x)
         ctx.save_for_backward(x)
         return x
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .bounds import euler_distance_bound
-from .limit import solve_limit_ode
+from .limit import max_state_distance, solve_limit_ode
 from .progress import progress as progress_bar
 from .rates import loglog_slope
 from .residual_functions import tanh_stack
@@ -108,8 +108,8 @@ def distance_sweep(depths: Sequence[int], kinds: Sequence[str] = WEIGHT_KINDS,
         with torch.no_grad():
             resnet = stack.trajectory(x0)
         ode = solve_limit_ode(stack, x0, rtol=rtol, atol=atol)
-        dist = (resnet - ode).norm(dim=2).amax(dim=0)
-        radius = ode.norm(dim=2).amax(dim=0)
+        dist = max_state_distance(resnet, ode)
+        radius = max_state_distance(ode, torch.zeros_like(ode))
         bound = euler_distance_bound(stack, radius)
         closed = euler_distance_bound(stack, radius, form="closed")
         out.bound_violations += int((dist > bound).sum() + (dist > closed).sum())

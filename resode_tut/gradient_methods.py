@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 from torchdiffeq import odeint_adjoint
 
-from .adjoint import euler_adjoint
+from .adjoint import euler_adjoint, reconstruct
+from .limit import knot_position, max_state_distance
 from .memory import SavedTensorsCounter
+from .residual_functions import tanh_stack
 from .stack import ResidualStack
 
 __all__ = ["METHODS", "forward_with", "gradients", "saved_bytes", "step_time",
-           "relative_error", "adjoint_error_sweep"]
+           "cuda_peak_mib", "relative_error", "adjoint_error_sweep"]
 
 METHODS = ("backprop", "checkpoint", "odeint_adjoint", "adjoint")
 
@@ -38,10 +41,7 @@ class _StackField(nn.Module):
         self.names = [dict(f.named_parameters()) for f in stack.functions]
 
     def forward(self, t, x):
-        M, h = self.stack.depth, self.stack.h
-        s = float(t.detach()) / h
-        n = min(max(int(s + 1e-9), 0), M - 1)
-        w = min(max(s - n, 0.0), 1.0) if n < M - 1 else 0.0
+        n, w = knot_position(float(t.detach()), self.stack.h, self.stack.depth)
         f = self.stack.functions[n]
         if w == 0.0:
             return f(x)
@@ -68,23 +68,21 @@ def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Te
         raise ValueError(f"unknown gradient method {method!r}: choose one of {METHODS}")
     if stack.scheme != "euler":
         raise ValueError(f"forward_with compares Euler stacks, got scheme {stack.scheme!r}")
-    h = stack.h
     if method == "backprop":
         for n in range(stack.num_steps):
-            x = x + h * stack.functions[n](x)
+            x = stack.step(n, x)
         return x
     if method == "checkpoint":
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)  # reentrant checkpoint needs it
         for n in range(stack.num_steps):
-            f = stack.functions[n]
-            x = checkpoint(lambda z, f=f: z + h * f(z), x, use_reentrant=True)
+            x = checkpoint(stack.step, n, x, use_reentrant=True)
         return x
     if method == "odeint_adjoint":
         field = _StackField(stack)
         t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
         params = tuple(p for p in stack.parameters() if p.requires_grad)
-        return odeint_adjoint(field, x, t, method="euler", options={"step_size": h},
+        return odeint_adjoint(field, x, t, method="euler", options={"step_size": stack.h},
                               adjoint_params=params)[-1]
     return euler_adjoint(stack, x)
 
@@ -130,6 +128,24 @@ def saved_bytes(stack: ResidualStack, x: torch.Tensor, method: str) -> int:
     return counter.bytes
 
 
+def cuda_peak_mib(stack: ResidualStack, x: torch.Tensor, method: str) -> float:
+    """Peak CUDA memory (MiB) above the baseline during one forward + backward step.
+
+    ``x`` and the stack must be on a CUDA device.
+    """
+    if not x.is_cuda:
+        raise ValueError("cuda_peak_mib measures the CUDA allocator: move the stack and x "
+                         "to a CUDA device (e.g. .to('cuda')) first")
+    torch.cuda.synchronize(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    base = torch.cuda.memory_allocated(x.device)
+    _loss(forward_with(stack, x.detach().requires_grad_(True), method)).backward()
+    torch.cuda.synchronize(x.device)
+    peak = torch.cuda.max_memory_allocated(x.device) - base
+    stack.zero_grad(set_to_none=True)
+    return peak / 2 ** 20
+
+
 def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int = 5) -> float:
     """Wall time (s) of one forward + backward pass with ``method``: the minimum over
     ``repeats`` runs after a warm-up (the least disturbed by other load)."""
@@ -161,11 +177,6 @@ def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int 
         ``{"reconstruction": {kind: array (K,)}, "gradient": {kind: array (K,)}}``,
         means over seeds.
     """
-    import numpy as np
-
-    from .adjoint import reconstruct
-    from .residual_functions import tanh_stack
-
     x = torch.randn(batch, dim, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(input_seed))
     out = {"reconstruction": {}, "gradient": {}}
@@ -177,8 +188,8 @@ def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int 
                 stack = tanh_stack(N, kind, seed=s, dim=dim)
                 with torch.no_grad():
                     traj = stack.trajectory(x)
-                rec[i, j] = (traj - reconstruct(stack, traj[-1])).flatten(2).norm(dim=2) \
-                    .amax(dim=0).mean().item()
+                rec[i, j] = max_state_distance(traj, reconstruct(stack, traj[-1])) \
+                    .mean().item()
                 grad[i, j] = relative_error(gradients(stack, x, "backprop"),
                                             gradients(stack, x, "adjoint"))
         out["reconstruction"][kind] = rec.mean(axis=1)

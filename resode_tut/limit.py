@@ -22,9 +22,29 @@ from torchdiffeq._impl.odeint import SOLVERS
 
 from .stack import ResidualStack
 
-__all__ = ["InterpolatedField", "solve_limit_ode", "ode_distance"]
+__all__ = ["InterpolatedField", "solve_limit_ode", "ode_distance", "knot_position",
+           "max_state_distance"]
 
 _ADAPTIVE = {"dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun"}
+
+
+def knot_position(t: float, h: float, M: int) -> tuple[int, float]:
+    """Where ``t`` falls among ``M`` knots ``0, h, 2h, ...``.
+
+    Returns ``(n, w)`` with ``theta(t) = (1 - w) theta_n + w theta_{n+1}``,
+    ``0 <= w < 1``; ``w = 0`` on a knot (to 1e-9, so that a solver stepping on
+    the knots sees each layer's own weights) and after the last knot, where
+    ``theta`` is held constant.
+    """
+    s = max(t / h, 0.0)
+    n = min(int(s + 1e-9), M - 1)
+    w = 0.0 if n == M - 1 else s - n
+    return n, (0.0 if w < 1e-9 else w)
+
+
+def max_state_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``max_n ||a_n - b_n||`` per input for trajectories of shape (T, B, ...) -> (B,)."""
+    return (a - b).flatten(2).norm(dim=2).amax(dim=0)
 
 
 class InterpolatedField(nn.Module):
@@ -68,16 +88,12 @@ class InterpolatedField(nn.Module):
     def theta_at(self, t: torch.Tensor | float) -> dict[str, torch.Tensor]:
         """``theta(t)``: linear between knots, constant after the last one."""
         M = len(self.knots)
-        t = float(t)
-        if M == 1:
-            return {k: v[0] for k, v in self.theta.items()}
-        h = float(self.knots[1] - self.knots[0])
-        n = min(max(int(t / h), 0), M - 2)
-        w = min(max(t / h - n, 0.0), 1.0)
-        out = {}
-        for k, v in self.theta.items():
-            out[k] = v[n] + w * (v[n + 1] - v[n]) if v.is_floating_point() else v[n]
-        return out
+        h = float(self.knots[1] - self.knots[0]) if M > 1 else 1.0
+        n, w = knot_position(float(t), h, M)
+        if w == 0.0:
+            return {k: v[n] for k, v in self.theta.items()}
+        return {k: v[n] + w * (v[n + 1] - v[n]) if v.is_floating_point() else v[n]
+                for k, v in self.theta.items()}
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self._base, self.theta_at(t), (x,))
@@ -147,4 +163,4 @@ def ode_distance(stack: ResidualStack, x0: torch.Tensor, **solver_kwargs) -> tor
     with torch.no_grad():
         resnet = stack.trajectory(x0)
     ode = solve_limit_ode(stack, x0, **solver_kwargs)
-    return (resnet - ode).flatten(2).norm(dim=2).amax(dim=0)
+    return max_state_distance(resnet, ode)

@@ -49,3 +49,9 @@ def test_unknown_method_and_heun_are_refused():
     with pytest.raises(ValueError, match="Euler"):
         forward_with(ResidualStack([nn.Identity()] * 3, scheme="heun"), torch.randn(2, 2),
                      "adjoint")
+
+
+def test_cuda_peak_needs_a_cuda_tensor():
+    from resode_tut.gradient_methods import cuda_peak_mib
+    with pytest.raises(ValueError, match="CUDA device"):
+        cuda_peak_mib(tanh_stack(4), torch.randn(2, 2, dtype=torch.float64), "adjoint")

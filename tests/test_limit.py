@@ -67,3 +67,13 @@ def test_errors_name_the_problem():
     mixed = ResidualStack([nn.Linear(2, 2), nn.Tanh()])
     with pytest.raises(ValueError, match="one parametrised function"):
         solve_limit_ode(mixed, x0)
+
+
+def test_knot_position():
+    from resode_tut.limit import knot_position
+    assert knot_position(0.0, 0.25, 4) == (0, 0.0)
+    n, w = knot_position(0.375, 0.25, 4)
+    assert n == 1 and w == pytest.approx(0.5)
+    assert knot_position(3 * 0.1, 0.1, 11) == (3, 0.0)   # 0.30000000000000004 is a knot
+    assert knot_position(0.9, 0.25, 4) == (3, 0.0)       # constant after the last knot
+    assert knot_position(0.7, 1.0, 1) == (0, 0.0)
