@@ -13,7 +13,7 @@ The companion package of the resode-tut book.  Public API:
 * :func:`setup` -- run mode (``RESODE_MODE``), device and seeds.
 """
 from . import classifier, data, gradient_methods, memory
-from .adjoint import ReconstructionError, euler_adjoint, reconstruct
+from .adjoint import ReconstructionError, discrete_adjoint, reconstruct, reverse_step
 from .bounds import euler_distance_bound
 from .discretisation import DistanceSweep, distance_sweep
 from .linear import (GDHistory, LinearResidual, LinearResNet, LinearSweep, linear_sweep,
@@ -30,7 +30,7 @@ from .weights import WEIGHT_KINDS, total_variation, weight_path
 __version__ = "0.1.0"
 
 __all__ = [
-    "ResidualStack", "SCHEMES", "euler_adjoint", "reconstruct", "ReconstructionError", "InterpolatedField", "solve_limit_ode", "ode_distance",
+    "ResidualStack", "SCHEMES", "discrete_adjoint", "reconstruct", "reverse_step", "ReconstructionError", "InterpolatedField", "solve_limit_ode", "ode_distance",
     "TanhLayer", "tanh_stack", "tanh_mean_weights", "iid_plateau", "tanh_mean_fields", "weight_path", "total_variation", "WEIGHT_KINDS",
     "euler_distance_bound", "DistanceSweep", "distance_sweep", "loglog_slope", "depth_axis",
     "LinearResidual", "LinearResNet", "GDHistory", "LinearSweep", "linear_sweep", "train_gd",

@@ -1,16 +1,24 @@
-r"""The memory-free discrete adjoint of an Euler residual stack.
+r"""The memory-free discrete adjoint of a residual stack (Euler or Heun).
 
-Forward: ``x_{n+1} = x_n + h f_n(x_n)`` under ``torch.no_grad()``; only the
-output ``x_N`` is kept.  Backward, for ``n = N-1, ..., 0`` (Sander et al., 2022):
+Forward: the stack's steps ``x_{n+1} = Phi_n(x_n)`` under ``torch.no_grad()``;
+only the output ``x_N`` is kept.  Backward, for ``n = N-1, ..., 0``
+(Sander et al., 2022):
 
-* reconstruct ``x~_n = x~_{n+1} - h f_n(x~_{n+1})`` (an approximate inverse of
-  the Euler step, exact up to ``O(h^2)`` per step for Lipschitz ``f_n``),
-* ``p_n = p_{n+1} + h (d f_n / d x)(x~_n)^T p_{n+1}`` and
-  ``grad theta_n += h (d f_n / d theta)(x~_n)^T p_{n+1}``,
+* reconstruct ``x~_n`` from ``x~_{n+1}`` by running the scheme backwards in
+  time (:func:`reverse_step`), an approximate inverse of ``Phi_n``:
 
-both from one vector-Jacobian product of ``f_n`` at ``x~_n``.  Memory for the
-residual part is O(1) in depth; the price is two extra evaluations of each
-``f_n`` (reconstruction and re-evaluation), i.e. about 5/3 of backprop's work.
+  - Euler: ``x~_n = x~_{n+1} - h f_n(x~_{n+1})``, exact up to ``O(h^2)``;
+  - Heun: ``x~_n = x~_{n+1} - h/2 [f_{n+1}(x~_{n+1})
+    + f_n(x~_{n+1} - h f_{n+1}(x~_{n+1}))]``, exact up to ``O(h^3)`` when the
+    weights are smooth in depth;
+
+* ``p_n = (d Phi_n / d x)(x~_n)^T p_{n+1}`` and
+  ``grad theta += (d Phi_n / d theta)(x~_n)^T p_{n+1}``, both from one
+  vector-Jacobian product of the step at ``x~_n``.
+
+Memory for the residual part is O(1) in depth; the price is evaluating every
+step twice more (reconstruction and re-evaluation), i.e. about 5/3 of
+backprop's work.
 
 Every re-evaluation during backward runs in the module's current mode (a
 BatchNorm in train mode keeps using batch statistics), and all buffers
@@ -22,9 +30,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from torch import nn
 
-__all__ = ["euler_adjoint", "reconstruct", "ReconstructionError"]
+__all__ = ["discrete_adjoint", "reverse_step", "reconstruct",
+           "ReconstructionError"]
 
 
 class ReconstructionError(FloatingPointError):
@@ -46,14 +54,24 @@ def _buffers_frozen(buffers):
                 b.copy_(value)
 
 
+def _unique(tensors):
+    seen, out = set(), []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
 def _unique_params(functions):
-    seen, params = set(), []
-    for f in functions:
-        for p in f.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
+    return _unique(p for f in functions for p in f.parameters() if p.requires_grad)
+
+
+def _step_functions(stack, n):
+    """The residual functions that step ``n`` evaluates."""
+    if stack.scheme == "euler":
+        return [stack.functions[n]]
+    return [stack.functions[n], stack.functions[n + 1]]
 
 
 def _check_finite(x, n):
@@ -64,7 +82,34 @@ def _check_finite(x, n):
             "use more layers (smaller h) or adjoint=False")
 
 
-class _EulerAdjoint(torch.autograd.Function):
+def reverse_step(stack, n: int, x: torch.Tensor) -> torch.Tensor:
+    r"""The scheme run backwards in time over step ``n``: ``x~_{n+1} -> x~_n``.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    n : int
+        ``0 <= n < stack.num_steps``.
+    x : torch.Tensor, shape (B, ...)
+        ``x~_{n+1}``.
+
+    Returns
+    -------
+    torch.Tensor, same shape as ``x``
+        Euler: ``x - h f_n(x)``.  Heun: ``x - h/2 [f_{n+1}(x) + f_n(x - h f_{n+1}(x))]``
+        (the Heun step from ``t_{n+1}`` to ``t_n``).  Buffers are left untouched.
+    """
+    h = stack.h
+    buffers = _unique(b for f in _step_functions(stack, n) for b in f.buffers())
+    with _buffers_frozen(buffers):
+        if stack.scheme == "euler":
+            return x - h * stack._f(n, x)
+        k1 = stack._f(n + 1, x)
+        k2 = stack._f(n, x - h * k1)
+        return x - (h / 2) * (k1 + k2)
+
+
+class _DiscreteAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stack, params_count, *params):
         ctx.stack = stack
@@ -79,30 +124,25 @@ class _EulerAdjoint(torch.autograd.Function):
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
         stack, params = ctx.stack, ctx.params
-        h = stack.h
         index = {id(p): i for i, p in enumerate(params)}
         grads = [None] * len(params)
         p_adj = grad_out
         x = x.detach()
         for n in reversed(range(stack.num_steps)):
-            f = stack.functions[n]
-            own = [p for p in f.parameters() if id(p) in index]
-            buffers = list(f.buffers())
+            functions = _step_functions(stack, n)
+            own = _unique(p for f in functions for p in f.parameters() if id(p) in index)
+            buffers = _unique(b for f in functions for b in f.buffers())
             with torch.no_grad():
-                if buffers:
-                    with _buffers_frozen(buffers):
-                        x = x - h * f(x)
-                else:
-                    x = x - h * f(x)
+                x = reverse_step(stack, n, x)
             if n % _CHECK_EVERY == 0:
                 _check_finite(x, n)
             with torch.enable_grad(), _buffers_frozen(buffers):
                 # buffers are restored only after the VJP: BatchNorm's backward
                 # checks that they were not modified in between
                 x_req = x.detach().requires_grad_(True)
-                vjp = torch.autograd.grad(f(x_req), [x_req, *own], grad_outputs=h * p_adj,
-                                          allow_unused=True)
-            p_adj = p_adj + vjp[0]
+                vjp = torch.autograd.grad(stack.step(n, x_req), [x_req, *own],
+                                          grad_outputs=p_adj, allow_unused=True)
+            p_adj = vjp[0]
             for p, g in zip(own, vjp[1:]):
                 if g is not None:
                     i = index[id(p)]
@@ -110,13 +150,13 @@ class _EulerAdjoint(torch.autograd.Function):
         return (p_adj, None, None, *grads)
 
 
-def euler_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
-    """Apply an Euler :class:`~resode_tut.ResidualStack` with memory-free gradients.
+def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
+    """Apply a :class:`~resode_tut.ResidualStack` with memory-free gradients.
 
     Parameters
     ----------
     stack : ResidualStack
-        ``scheme="euler"``.  Its residual functions must be deterministic
+        Euler or Heun.  Its residual functions must be deterministic
         (no dropout): backward evaluates them again.
     x : torch.Tensor, shape (B, ...)
 
@@ -127,7 +167,7 @@ def euler_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
         discrete adjoint and stores nothing but ``x_N``.
     """
     params = _unique_params(stack.functions)
-    return _EulerAdjoint.apply(x, stack, len(params), *params)
+    return _DiscreteAdjoint.apply(x, stack, len(params), *params)
 
 
 def reconstruct(stack, x_N: torch.Tensor) -> torch.Tensor:
@@ -136,23 +176,19 @@ def reconstruct(stack, x_N: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     stack : ResidualStack
-        Euler.
+        Euler or Heun.
     x_N : torch.Tensor, shape (B, ...)
         The stack's output.
 
     Returns
     -------
     torch.Tensor, shape (num_steps + 1, B, ...)
-        ``out[n] = x~_n`` with ``x~_N = x_N`` and
-        ``x~_n = x~_{n+1} - h f_n(x~_{n+1})``; compare with
-        :meth:`ResidualStack.trajectory` for the reconstruction error.
+        ``out[n] = x~_n`` with ``x~_N = x_N`` and ``x~_n`` from
+        :func:`reverse_step`; compare with :meth:`ResidualStack.trajectory`
+        for the reconstruction error.
     """
-    if stack.scheme != "euler":
-        raise ValueError(f"reconstruct needs an Euler stack, got scheme {stack.scheme!r}")
     states = [x_N.detach()]
     with torch.no_grad():
         for n in reversed(range(stack.num_steps)):
-            f = stack.functions[n]
-            with _buffers_frozen(list(f.buffers())):
-                states.append(states[-1] - stack.h * f(states[-1]))
+            states.append(reverse_step(stack, n, states[-1]))
     return torch.stack(states[::-1])

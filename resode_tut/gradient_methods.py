@@ -1,11 +1,12 @@
-r"""Four ways to differentiate an Euler residual stack, side by side.
+r"""Four ways to differentiate a residual stack (Euler or Heun), side by side.
 
 * ``"backprop"`` -- plain autograd: every layer keeps its activations.
 * ``"checkpoint"`` -- ``torch.utils.checkpoint`` per block: keeps each block's
   input, recomputes the block in backward.
 * ``"odeint_adjoint"`` -- torchdiffeq's continuous adjoint on the equivalent
   ODE ``dx/dt = f(x, theta(t))`` (weights interpolated linearly between the
-  layers, Euler with the stack's step, so the forward values are the stack's).
+  layers; torchdiffeq's ``euler`` or ``heun2`` with the stack's step, so the
+  forward values are the stack's).
 * ``"adjoint"`` -- the memory-free discrete adjoint of :mod:`resode_tut.adjoint`.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 from torchdiffeq import odeint_adjoint
 
-from .adjoint import euler_adjoint, reconstruct
+from .adjoint import discrete_adjoint, reconstruct
 from .limit import knot_position, max_state_distance
 from .memory import SavedTensorsCounter
 from .residual_functions import tanh_stack
@@ -56,7 +57,7 @@ def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Te
     Parameters
     ----------
     stack : ResidualStack
-        An Euler stack (its own ``adjoint`` flag is ignored).
+        Euler or Heun (its own ``adjoint`` flag is ignored).
     x : torch.Tensor, shape (B, ...)
     method : {"backprop", "checkpoint", "odeint_adjoint", "adjoint"}
 
@@ -66,8 +67,6 @@ def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Te
     """
     if method not in METHODS:
         raise ValueError(f"unknown gradient method {method!r}: choose one of {METHODS}")
-    if stack.scheme != "euler":
-        raise ValueError(f"forward_with compares Euler stacks, got scheme {stack.scheme!r}")
     if method == "backprop":
         for n in range(stack.num_steps):
             x = stack.step(n, x)
@@ -82,9 +81,10 @@ def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Te
         field = _StackField(stack)
         t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
         params = tuple(p for p in stack.parameters() if p.requires_grad)
-        return odeint_adjoint(field, x, t, method="euler", options={"step_size": stack.h},
+        solver = "euler" if stack.scheme == "euler" else "heun2"
+        return odeint_adjoint(field, x, t, method=solver, options={"step_size": stack.h},
                               adjoint_params=params)[-1]
-    return euler_adjoint(stack, x)
+    return discrete_adjoint(stack, x)
 
 
 def _loss(out: torch.Tensor) -> torch.Tensor:
@@ -163,10 +163,12 @@ def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int =
 
 
 def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int = 16,
-                        batch: int = 32, input_seed: int = 123) -> dict:
+                        batch: int = 32, input_seed: int = 123,
+                        scheme: str = "euler") -> dict:
     """Reconstruction and gradient errors of the discrete adjoint against depth.
 
-    For tanh stacks (:func:`resode_tut.tanh_stack`, float64) of each depth,
+    For tanh stacks (:func:`resode_tut.tanh_stack`, float64, ``scheme``) of
+    each depth (number of residual functions),
     weight kind and seed: the largest reconstruction error
     ``max_n ||x~_n - x_n||`` (mean over inputs) and the relative gradient
     error of the adjoint against backprop.
@@ -185,7 +187,7 @@ def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int 
         grad = np.zeros((len(depths), len(seeds)))
         for i, N in enumerate(depths):
             for j, s in enumerate(seeds):
-                stack = tanh_stack(N, kind, seed=s, dim=dim)
+                stack = tanh_stack(N, kind, seed=s, dim=dim, scheme=scheme)
                 with torch.no_grad():
                     traj = stack.trajectory(x)
                 rec[i, j] = max_state_distance(traj, reconstruct(stack, traj[-1])) \

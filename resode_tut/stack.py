@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .adjoint import euler_adjoint
+from .adjoint import discrete_adjoint
 
 __all__ = ["ResidualStack", "SCHEMES"]
 
@@ -44,8 +44,8 @@ class ResidualStack(nn.Module):
         (:mod:`resode_tut.adjoint`) instead of backpropagation: the forward
         values are identical, nothing but the output is kept for backward,
         and backward reconstructs the hidden states layer by layer.  The
-        residual functions must then be deterministic (no dropout).  Euler
-        only for now; the Heun adjoint arrives with chapter 4.
+        residual functions must then be deterministic (no dropout).  Both
+        schemes: Heun's reconstruction runs the Heun step backwards in time.
 
     Attributes
     ----------
@@ -103,10 +103,6 @@ class ResidualStack(nn.Module):
             raise ValueError(
                 f"scheme {scheme!r} needs at least {min_len} residual function(s), "
                 f"got {len(functions)}")
-        if adjoint and scheme != "euler":
-            raise NotImplementedError(
-                f"adjoint=True is implemented for scheme='euler' only; the {scheme} adjoint "
-                "arrives with chapter 4: use adjoint=False (backpropagation) meanwhile")
         self.functions = nn.ModuleList(functions)
         self.scheme = scheme
         self.adjoint = adjoint
@@ -174,7 +170,7 @@ class ResidualStack(nn.Module):
         """
         self._check_input(x)
         if self.adjoint and torch.is_grad_enabled():
-            return euler_adjoint(self, x)
+            return discrete_adjoint(self, x)
         for n in range(self.num_steps):
             x = self.step(n, x)
         return x

@@ -1,4 +1,6 @@
 """The memory-free discrete adjoint against backpropagation (autograd)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -8,8 +10,8 @@ from resode_tut.adjoint import ReconstructionError
 
 
 class Coupling(nn.Module):
-    """f(x) = (0, g(x_a)): the Euler step only changes x_b, from x_a alone, so the
-    reversal x_n = x_{n+1} - h f(x_{n+1}) is exact."""
+    """f(x) = (0, g(x_a)): a step only changes x_b, from x_a alone, so the Euler
+    reversal x_n = x_{n+1} - h f(x_{n+1}) and the reversed Heun step are exact."""
 
     def __init__(self, d=2, width=8):
         super().__init__()
@@ -35,11 +37,12 @@ def twin(functions, **kw):
     return ResidualStack(functions, **kw), ResidualStack(functions, adjoint=True, **kw)
 
 
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_forward_identical_and_exact_case_matches_backprop(dtype):
+def test_forward_identical_and_exact_case_matches_backprop(dtype, scheme):
     torch.manual_seed(0)
     fs = [Coupling().to(dtype) for _ in range(12)]
-    plain, adj = twin(fs)
+    plain, adj = twin(fs, scheme=scheme)
     x = torch.randn(5, 4, dtype=dtype)
     out_p, g_p = grads(plain, x)
     out_a, g_a = grads(adj, x)
@@ -54,21 +57,36 @@ def rel_error(g_ref, g):
     return (num / sum(a.square().sum() for a in g_ref)).sqrt().item()
 
 
-def test_gradient_error_falls_like_one_over_depth():
+def adjoint_errors(scheme, depths, weights="smooth"):
     x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    depths, errs = [16, 64, 256], []
+    errs = []
     for N in depths:
-        plain = tanh_stack(N, "smooth", seed=2)
-        adj = ResidualStack(list(plain.functions), adjoint=True)
+        plain = tanh_stack(N, weights, seed=2, scheme=scheme)
+        adj = ResidualStack(list(plain.functions), scheme=scheme, adjoint=True)
         errs.append(rel_error(grads(plain, x)[1], grads(adj, x)[1]))
+    return errs
+
+
+def test_gradient_error_falls_like_one_over_depth():
+    depths = [16, 64, 256]
+    errs = adjoint_errors("euler", depths)
     assert errs[-1] < 1e-2
     assert loglog_slope(depths, errs) <= -0.9
 
 
-def test_tied_weights_receive_the_sum_over_layers():
+def test_heun_gradient_error_is_second_order_with_smooth_weights():
+    depths = [16, 64, 256]
+    heun = adjoint_errors("heun", depths)
+    euler = adjoint_errors("euler", depths)
+    assert loglog_slope(depths, heun) <= -1.8
+    assert all(a < b for a, b in zip(heun, euler))
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_tied_weights_receive_the_sum_over_layers(scheme):
     torch.manual_seed(3)
     f = Coupling().double()
-    plain, adj = twin([f] * 10)
+    plain, adj = twin([f] * 10, scheme=scheme)
     x = torch.randn(4, 4, dtype=torch.float64)
     _, g_p = grads(plain, x)
     _, g_a = grads(adj, x)
@@ -82,14 +100,15 @@ def conv_bn_block(c=3):
                          nn.Conv2d(c, c, 3, padding=1))
 
 
-def test_batchnorm_statistics_and_modes_end_as_after_a_plain_forward():
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_batchnorm_statistics_and_modes_end_as_after_a_plain_forward(scheme):
     torch.manual_seed(4)
     fs = [conv_bn_block() for _ in range(32)]
     fs_copy = [conv_bn_block() for _ in range(32)]
     for a, b in zip(fs, fs_copy):
         b.load_state_dict(a.state_dict())
-    plain = ResidualStack(fs_copy)
-    adj = ResidualStack(fs, adjoint=True)
+    plain = ResidualStack(fs_copy, scheme=scheme)
+    adj = ResidualStack(fs, scheme=scheme, adjoint=True)
     x = torch.randn(6, 3, 8, 8)
     _, g_p = grads(plain, x)
     _, g_a = grads(adj, x)
@@ -103,12 +122,13 @@ def test_batchnorm_statistics_and_modes_end_as_after_a_plain_forward():
     assert not any(f.training for f in fs)
 
 
-def test_non_finite_reconstruction_raises():
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_non_finite_reconstruction_raises(scheme):
     class Blowup(nn.Module):
         def forward(self, x):
-            return -1e20 * x ** 2
+            return -1e10 * x ** 2
 
-    stack = ResidualStack([Blowup()], adjoint=True)
+    stack = ResidualStack([Blowup(), Blowup()], scheme=scheme, adjoint=True)
     x = torch.ones(2, 1, dtype=torch.float32, requires_grad=True)  # overflows on reversal
     out = stack(x)
     assert torch.isfinite(out).all()
@@ -121,8 +141,39 @@ def test_cuda_matches_cpu():
     torch.manual_seed(5)
     fs = [Coupling().double() for _ in range(8)]
     x = torch.randn(3, 4, dtype=torch.float64)
-    _, g_cpu = grads(ResidualStack(fs, adjoint=True), x)
-    fs_gpu = [f.cuda() for f in fs]
-    _, g_gpu = grads(ResidualStack(fs_gpu, adjoint=True), x.cuda())
-    for a, b in zip(g_cpu, g_gpu):
-        torch.testing.assert_close(b.cpu(), a)
+    for scheme in ("euler", "heun"):
+        _, g_cpu = grads(ResidualStack(fs, scheme=scheme, adjoint=True), x)
+        fs_gpu = [copy.deepcopy(f).cuda() for f in fs]
+        _, g_gpu = grads(ResidualStack(fs_gpu, scheme=scheme, adjoint=True), x.cuda())
+        for a, b in zip(g_cpu, g_gpu):
+            torch.testing.assert_close(b.cpu(), a)
+
+
+class Scaled(nn.Module):
+    def __init__(self, f, eps):
+        super().__init__()
+        self.f, self.eps = f, eps
+
+    def forward(self, x):
+        return self.eps * self.f(x)
+
+
+def test_reversal_error_matches_the_taylor_expansion():
+    """One step of size eps forward and back: Euler leaves -eps^2 f'f, Heun
+    eps^2/4 (b' - a')(a - b), both up to O(eps^3) (chapter 4, eq. reversal-error)."""
+    from resode_tut import reverse_step
+    from resode_tut.residual_functions import TanhLayer
+    torch.manual_seed(6)
+    a, b = TanhLayer(3).double(), TanhLayer(3).double()
+    x = torch.randn(3, dtype=torch.float64)
+    jac = lambda f: torch.func.jacrev(f)(x)
+    eps = 1e-3
+    predicted = {"euler": -eps ** 2 * jac(a) @ a(x),
+                 "heun": eps ** 2 / 4 * (jac(b) - jac(a)) @ (a(x) - b(x))}
+    for scheme, functions in (("euler", [Scaled(a, eps)]),
+                              ("heun", [Scaled(a, eps), Scaled(b, eps)])):
+        stack = ResidualStack(functions, scheme=scheme)   # h = 1: the step is eps
+        with torch.no_grad():
+            back = reverse_step(stack, 0, stack(x[None]))[0]
+        err = back - x
+        assert (err - predicted[scheme]).norm() < 1e-2 * predicted[scheme].norm()
