@@ -50,18 +50,30 @@ class ResidualClassifier(nn.Module):
     scheme : {"euler", "heun"}
     adjoint : bool
         Train the residual stage with the memory-free adjoint.
+    tied_init : bool
+        Start every residual function from the same weights (weights constant,
+        hence smooth, in depth; they are not tied during training).
+        Otherwise each block has its own default initialisation (i.i.d. in depth).
+    fixed_ends : bool
+        Keep the embedding and the head at their random initial values
+        (``requires_grad=False``): the residual stage alone learns.
 
     Shapes: input (B, in_features) -> logits (B, num_classes).
     """
 
     def __init__(self, in_features: int, num_classes: int, dim: int = 32, width: int = 64,
                  depth: int = 8, scheme: str = "euler", adjoint: bool = False,
-                 gain: float = 1.0):
+                 gain: float = 1.0, tied_init: bool = False, fixed_ends: bool = False):
         super().__init__()
         self.embed = nn.Linear(in_features, dim)
-        self.stage = ResidualStack([MLPBlock(dim, width, gain) for _ in range(depth)],
-                                   scheme=scheme, adjoint=adjoint)
+        blocks = [MLPBlock(dim, width, gain) for _ in range(depth)]
+        if tied_init:
+            blocks = [blocks[0]] + [copy.deepcopy(blocks[0]) for _ in range(depth - 1)]
+        self.stage = ResidualStack(blocks, scheme=scheme, adjoint=adjoint)
         self.head = nn.Linear(dim, num_classes)
+        if fixed_ends:
+            for p in [*self.embed.parameters(), *self.head.parameters()]:
+                p.requires_grad_(False)
 
     def forward(self, x):
         return self.head(self.stage(self.embed(x)))
@@ -104,7 +116,8 @@ def train_classifier(model: nn.Module, data, epochs: int = 10, lr: float = 0.05,
     TrainHistory
     """
     x_train, y_train, x_test, y_test = data
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
+                          momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
     hist = TrainHistory()
     for _ in progress_bar(range(epochs), "epochs", enabled=progress):
