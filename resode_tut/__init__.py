@@ -12,7 +12,7 @@ The companion package of the resode-tut book.  Public API:
   :func:`linear_sweep` -- linear ResNets trained by gradient descent (chapter 2);
 * :func:`setup` -- run mode (``RESODE_MODE``), device and seeds.
 """
-from . import classifier, data, gradient_methods, memory
+from . import classifier, data, gradient_methods, memory, node
 from .adjoint import ReconstructionError, discrete_adjoint, reconstruct, reverse_step
 from .bounds import euler_distance_bound
 from .discretisation import DistanceSweep, distance_sweep

@@ -1,0 +1,152 @@
+r"""Keep a Neural ODE in the ODE regime while it trains (Ott et al., 2021).
+
+:class:`StepSizeAdapter` -- train with Euler at a step ``h`` that is checked
+every ``every`` iterations on the current batch against a more accurate solver:
+halve ``h`` when the two disagree, otherwise try a 10% larger step.
+:class:`ToleranceAdapter` -- the same idea for an adaptive solver's tolerance.
+
+Constants follow the paper's code: a gap threshold of 0.1 (batch accuracy),
+checks every 50 iterations, at most 500 steps, and an initial step from the
+starting-step heuristic of Hairer, Norsett and Wanner (1993, II.4).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .node import NeuralODE, Solver
+
+__all__ = ["initial_step_size", "StepSizeAdapter", "ToleranceAdapter"]
+
+
+def initial_step_size(field, x: torch.Tensor, order: int = 1) -> float:
+    r"""The Hairer-Norsett-Wanner starting step for ``dz/dt = field(t, z)`` at ``z = x``.
+
+    ``d0 = mean ||x||``, ``d1 = mean ||f(x)||``, ``h0 = 0.01 d0 / d1`` (``1e-6`` if
+    either is below ``1e-5``), ``d2 = mean ||f(x + h0 f(x)) - f(x)|| / h0``,
+    ``h1 = (0.01 / max(d1, d2))^(1/(order+1))``; returns ``min(100 h0, h1, 1)``.
+
+    Parameters
+    ----------
+    field : callable
+        ``(t, z) -> dz/dt``.
+    x : torch.Tensor, shape (B, ...)
+    order : int
+        Order of the solver.
+    """
+    with torch.no_grad():
+        t0 = torch.zeros((), dtype=x.dtype)
+        f0 = field(t0, x)
+        norm = lambda v: v.flatten(1).norm(dim=1).mean().item()
+        d0, d1 = norm(x), norm(f0)
+        h0 = 1e-6 if min(d0, d1) < 1e-5 else 0.01 * d0 / d1
+        d2 = norm(field(t0 + h0, x + h0 * f0) - f0) / h0
+        h1 = (max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15
+              else (0.01 / max(d1, d2)) ** (1 / (order + 1)))
+    return float(min(100 * h0, h1, 1.0))
+
+
+def _batch_accuracy(model, x, y, solver):
+    with torch.no_grad():
+        return (model(x, solver).argmax(1) == y).double().mean().item()
+
+
+class StepSizeAdapter:
+    """Step-size adaptation for Euler training (the paper's algorithm).
+
+    Parameters
+    ----------
+    threshold : float
+        Largest tolerated accuracy gap (fraction) between the training solver
+        and the test solver on a batch.
+    every : int
+        Iterations between checks.
+    max_steps : int
+        Smallest step is ``1 / max_steps``.
+
+    Attributes
+    ----------
+    step_size : float
+        The current ``h``; the model's solver is ``Solver("euler", h)``.
+    log : list of dict
+        One entry per check: iteration count, ``h``, both accuracies, action.
+    """
+
+    def __init__(self, threshold: float = 0.1, every: int = 50, max_steps: int = 500):
+        self.threshold, self.every, self.max_steps = threshold, every, max_steps
+        self.step_size = None
+        self.log = []
+
+    def start(self, model: NeuralODE, x: torch.Tensor) -> None:
+        """Set the initial step from the heuristic on the first batch ``x``."""
+        self.step_size = max(initial_step_size(model.field, x, order=1), 1 / self.max_steps)
+        model.solver = Solver("euler", self.step_size)
+
+    def test_solver(self, h: float) -> Solver:
+        """Midpoint at ``h`` if there are more than 50 steps, else at ``sqrt(h/50)``."""
+        return Solver("midpoint", h if 1 / h > 50 else math.sqrt(h / 50))
+
+    def update(self, model: NeuralODE, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Check the current step on the batch ``(x, y)`` and adapt it."""
+        h = self.step_size
+        acc_train = _batch_accuracy(model, x, y, Solver("euler", h))
+        acc_test = _batch_accuracy(model, x, y, self.test_solver(h))
+        if abs(acc_train - acc_test) > self.threshold:
+            h, action = max(h / 2, 1 / self.max_steps), "halve"
+        else:
+            h_new = min(1.1 * h, 1.0)
+            acc_new = _batch_accuracy(model, x, y, Solver("euler", h_new))
+            if abs(acc_test - acc_new) > self.threshold:
+                action = "keep"
+            else:
+                h, action = h_new, "grow"
+        self.log.append(dict(step_size=self.step_size, acc_train=acc_train,
+                             acc_test=acc_test, action=action))
+        self.step_size = h
+        model.solver = Solver("euler", h)
+
+
+class ToleranceAdapter:
+    """Tolerance adaptation for an adaptive training solver (the paper's preliminary
+    variant): start at ``tol``, compare with ``test_method`` at ``tol / 10`` every
+    ``every`` iterations, halve ``tol`` when the batch accuracies differ by more than
+    ``threshold``, else try ``1.1 tol``.
+
+    Parameters
+    ----------
+    method : str
+        The adaptive training solver (``"fehlberg2"`` or ``"dopri5"``).
+    tol : float
+        Initial ``rtol = atol``.
+    test_method : str
+    threshold : float
+    every : int
+    """
+
+    def __init__(self, method: str = "fehlberg2", tol: float = 1e-6,
+                 test_method: str = "dopri5", threshold: float = 0.1, every: int = 50):
+        Solver(method, tol=tol), Solver(test_method, tol=tol)  # validate
+        self.method, self.tol, self.test_method = method, tol, test_method
+        self.threshold, self.every = threshold, every
+        self.log = []
+
+    def start(self, model: NeuralODE, x: torch.Tensor) -> None:
+        model.solver = Solver(self.method, tol=self.tol)
+
+    def update(self, model: NeuralODE, x: torch.Tensor, y: torch.Tensor) -> None:
+        tol = self.tol
+        acc_train = _batch_accuracy(model, x, y, Solver(self.method, tol=tol))
+        acc_test = _batch_accuracy(model, x, y, Solver(self.test_method, tol=tol / 10))
+        if abs(acc_train - acc_test) > self.threshold:
+            tol, action = tol / 2, "halve"
+        else:
+            acc_new = _batch_accuracy(model, x, y, Solver(self.method, tol=1.1 * tol))
+            if abs(acc_test - acc_new) > self.threshold:
+                action = "keep"
+            else:
+                tol, action = 1.1 * tol, "grow"
+        self.log.append(dict(tol=self.tol, acc_train=acc_train, acc_test=acc_test,
+                             action=action))
+        self.tol = tol
+        model.solver = Solver(self.method, tol=tol)

@@ -1,0 +1,127 @@
+r"""Is a trained Neural ODE an ODE?  Test its predictions across solvers and steps.
+
+A model trained with a coarse fixed step can rely on the discretisation error;
+its accuracy then changes once it is solved more accurately (Ott et al., 2021).
+:func:`ode_regime` solves the model with its own solver, with other fixed-step
+methods at finer steps and with an adaptive solver at a tight tolerance, and
+gives a verdict with the evidence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchdiffeq import odeint
+
+from .node import NeuralODE, Solver
+
+__all__ = ["RegimeReport", "ode_regime", "default_test_solvers"]
+
+
+def default_test_solvers(own: Solver | None) -> list[Solver]:
+    """Euler, midpoint and rk4 at the training step and 2x and 8x finer (or at 1/8, 1/32
+    and 1/128 for an adaptive or unknown training solver), and dopri5 at tol 1e-7."""
+    if own is not None and own.step_size is not None:
+        steps = [own.step_size, own.step_size / 2, own.step_size / 8]
+    else:
+        steps = [1 / 8, 1 / 32, 1 / 128]
+    return ([Solver(m, h) for m in ("euler", "midpoint", "rk4") for h in steps]
+            + [Solver("dopri5", tol=1e-7)])
+
+
+@dataclass
+class RegimeReport:
+    """The evidence and the verdict of :func:`ode_regime`.
+
+    Attributes
+    ----------
+    accuracy : dict
+        Solver -> accuracy in [0, 1].
+    disagreement : dict
+        Solver -> fraction of inputs whose predicted class differs from the
+        reference solver's.
+    reference : Solver
+        The most accurate solve (dopri5 at a tight tolerance).
+    own : Solver or None
+        The training solver, if known.
+    threshold : float
+        Largest tolerated accuracy difference (points, in %).
+    """
+
+    accuracy: dict
+    disagreement: dict
+    reference: Solver
+    own: Solver | None
+    threshold: float
+
+    @property
+    def max_gap(self) -> float:
+        """Largest accuracy difference between any two solvers (points)."""
+        return 100 * (max(self.accuracy.values()) - min(self.accuracy.values()))
+
+    @property
+    def in_ode_regime(self) -> bool:
+        return self.max_gap <= self.threshold
+
+    def __str__(self) -> str:
+        lines = [f"{'solver':<22}{'accuracy':>10}{'changed':>10}"]
+        for s, a in self.accuracy.items():
+            mark = " (own)" if s == self.own else (" (ref)" if s == self.reference else "")
+            lines.append(f"{str(s) + mark:<22}{100 * a:>9.1f}%{100 * self.disagreement[s]:>9.1f}%")
+        verdict = ("IN the ODE regime: predictions are stable across solvers"
+                   if self.in_ode_regime else
+                   "NOT in the ODE regime: the predictions depend on the solver")
+        lines.append(f"max accuracy gap {self.max_gap:.1f} points "
+                     f"(threshold {self.threshold:g}) -> {verdict}")
+        return "\n".join(lines)
+
+
+def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
+               threshold: float = 3.0, readout=None) -> RegimeReport:
+    """Check whether a trained Neural ODE's predictions are stable across solvers.
+
+    Parameters
+    ----------
+    model : NeuralODE or callable
+        A :class:`~resode_tut.node.NeuralODE`, or any torchdiffeq-style vector field
+        ``(t, z) -> dz/dt`` together with ``readout``.
+    x : torch.Tensor, shape (B, ...)
+        Inputs ``z(0)``.
+    y : torch.Tensor, shape (B,)
+        Labels.
+    solvers : sequence of Solver, optional
+        Default :func:`default_test_solvers` of the model's own solver.
+    threshold : float
+        Largest accuracy difference (points) still called stable.
+    readout : callable, optional
+        ``z(1) -> logits`` for a plain vector field.
+
+    Returns
+    -------
+    RegimeReport
+        ``print(report)`` shows the table and the verdict.
+    """
+    if isinstance(model, NeuralODE):
+        own = model.solver
+        predict = lambda s: model(x, s)
+    else:
+        if readout is None:
+            raise ValueError("a plain vector field needs readout=(z(1) -> logits); "
+                             "or pass a resode_tut.node.NeuralODE")
+        own = None
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype)
+        predict = lambda s: readout(odeint(model, x, t, **s.odeint_kwargs())[-1])
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+    solvers = list(solvers) if solvers is not None else default_test_solvers(own)
+    if own is not None and own not in solvers:
+        solvers = [own] + solvers
+    reference = Solver("dopri5", tol=1e-7)
+    if reference not in solvers:
+        solvers.append(reference)
+    with torch.no_grad():
+        preds = {s: predict(s).argmax(1) for s in solvers}
+    ref = preds[reference]
+    accuracy = {s: (p == y).double().mean().item() for s, p in preds.items()}
+    disagreement = {s: (p != ref).double().mean().item() for s, p in preds.items()}
+    return RegimeReport(accuracy, disagreement, reference, own, threshold)
