@@ -59,14 +59,6 @@ class Solver:
     def order(self) -> int:
         return _ORDER[self.method]
 
-    @property
-    def num_steps(self) -> int | None:
-        """Steps of a fixed-step solver on [0, 1] (the last one may be shorter)."""
-        if self.step_size is None:
-            return None
-        return max(1, round(1 / self.step_size)) if abs(1 / self.step_size - round(
-            1 / self.step_size)) < 1e-9 else int(1 / self.step_size) + 1
-
     def __str__(self):
         if self.step_size is not None:
             n = 1 / self.step_size

@@ -8,6 +8,7 @@ fine reference step, in parallel worker processes.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,13 @@ TASKS = ("spheres2d", "spheres3d", "spheres10d", "digits")
 TEST_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 
 
+def _sphere_dim(task: str) -> int | None:
+    """``K`` for ``"spheresKd"``, else None."""
+    if task.startswith("spheres") and task.endswith("d") and task[7:-1].isdigit():
+        return int(task[7:-1])
+    return None
+
+
 def load_task(task: str, seed: int = 0):
     """``(x_train, y_train, x_test, y_test)`` for a named task.
 
@@ -33,8 +41,8 @@ def load_task(task: str, seed: int = 0):
     (B, 1, 8, 8) images.
     """
     from .data import concentric_spheres, digits
-    if task.startswith("spheres") and task.endswith("d") and task[7:-1].isdigit():
-        dim = int(task[7:-1])
+    dim = _sphere_dim(task)
+    if dim is not None:
         x, y = concentric_spheres(2000, dim, seed=seed)
         xt, yt = concentric_spheres(1000, dim, seed=seed + 10_000)
         return x, y, xt, yt
@@ -49,8 +57,10 @@ def make_model(task: str, solver: Solver, seed: int = 0) -> NeuralODE:
     torch.manual_seed(seed)
     if task == "digits":
         return NeuralODE(ImageField(1, 16), (1, 8, 8), 10, solver)
-    x = load_task(task)[0]
-    return NeuralODE(SphereField(32), (x.shape[1],), 2, solver)
+    dim = _sphere_dim(task)
+    if dim is None:
+        raise ValueError(f"unknown task {task!r}: choose one of {TASKS} (or spheresKd)")
+    return NeuralODE(SphereField(32), (dim,), 2, solver)
 
 
 @dataclass
@@ -174,12 +184,12 @@ class SolverGrid:
 
 def _train_and_test(job):
     task, train, cfg = job
-    torch.set_num_threads(1)
-    data = load_task(task, seed=cfg["data_seed"])
+    spec = dict(task=task, solver=train, iterations=cfg["iterations"], lr=cfg["lr"],
+                batch_size=cfg["batch_size"], seed=cfg["seed"], data_seed=cfg["data_seed"])
+    state = _train_spec(spec)[0]
     model = make_model(task, train, seed=cfg["seed"])
-    train_node(model, data, cfg["iterations"], lr=cfg["lr"], batch_size=cfg["batch_size"],
-               seed=cfg["seed"])
-    x_test, y_test = data[2], data[3]
+    model.load_state_dict(state)
+    x_test, y_test = load_task(task, seed=cfg["data_seed"])[2:]
     acc = {("own", 1): model.accuracy(x_test, y_test)}
     h = train.step_size
     for method in cfg["test_methods"]:
@@ -187,7 +197,7 @@ def _train_and_test(job):
             acc[(method, k)] = model.accuracy(x_test, y_test, Solver(method, min(h / k, 1.0)))
         acc[(method, "ref")] = model.accuracy(x_test, y_test,
                                               Solver(method, cfg["reference_step"]))
-    return acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return acc, state
 
 
 def solver_grid(task: str, train_solvers, iterations: int, lr: float = 3e-3,
@@ -216,7 +226,6 @@ def solver_grid(task: str, train_solvers, iterations: int, lr: float = 3e-3,
     (SolverGrid, models)
         ``models[train_solver]`` is the trained :class:`NeuralODE`.
     """
-    import time
     train_solvers = list(train_solvers)
     for s in train_solvers:
         if s.step_size is None:
@@ -225,9 +234,9 @@ def solver_grid(task: str, train_solvers, iterations: int, lr: float = 3e-3,
                data_seed=data_seed, test_methods=tuple(test_methods), factors=tuple(factors),
                reference_step=reference_step)
     jobs = [(task, s, cfg) for s in train_solvers]
-    cost = [s.order if s.method != "euler" else 1 for s in train_solvers]
+    # longest first (euler, midpoint, rk4 evaluate the field 1, 2, 4 = order times a step)
     order = sorted(range(len(jobs)),
-                   key=lambda i: -cost[i] / train_solvers[i].step_size)
+                   key=lambda i: -train_solvers[i].order / train_solvers[i].step_size)
     t0 = time.perf_counter()
     results = parallel_map(_train_and_test, [jobs[i] for i in order], processes)
     seconds = time.perf_counter() - t0
@@ -243,7 +252,6 @@ def solver_grid(task: str, train_solvers, iterations: int, lr: float = 3e-3,
 
 def _train_spec(spec):
     from .adaptation import StepSizeAdapter, ToleranceAdapter
-    torch.set_num_threads(1)
     data = load_task(spec["task"], seed=spec.get("data_seed", 0))
     model = make_model(spec["task"], spec["solver"], seed=spec.get("seed", 0))
     adapter = {"step": lambda: StepSizeAdapter(),

@@ -45,14 +45,21 @@ def parallel_map(fn: Callable, jobs: Iterable, processes: int | None = None) -> 
     Returns
     -------
     list
-        The results, in the order of ``jobs``.
+        The results, in the order of ``jobs``.  Every job runs on one thread,
+        also when ``processes == 1``, so the numbers do not depend on it.
     """
     jobs = list(jobs)
     processes = default_processes() if processes is None else processes
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     if processes == 1 or len(jobs) <= 1:
-        return [fn(job) for job in jobs]
+        # one thread, as in a worker: the same numbers whatever the process count
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return [fn(job) for job in jobs]
+        finally:
+            torch.set_num_threads(threads)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=ctx,
                              initializer=_init_worker) as pool:

@@ -83,3 +83,9 @@ def test_heun_distance_is_second_order_and_has_no_euler_bound():
     assert all(math.isnan(b) for b in heun.mean("smooth", "bound"))
     with pytest.raises(ValueError, match="unknown scheme"):
         distance_sweep(depths, scheme="rk4", progress=False)
+
+
+def test_serial_map_restores_the_thread_count():
+    before = torch.get_num_threads()
+    assert parallel_map(_seeded_draw, [0, 1], processes=1) == [_seeded_draw(0), _seeded_draw(1)]
+    assert torch.get_num_threads() == before
