@@ -11,8 +11,12 @@ The companion package of the resode-tut book.  Public API:
 * :class:`LinearResNet`, :func:`train_gd`, :func:`smoothness`,
   :func:`linear_sweep` -- linear ResNets trained by gradient descent (chapter 2);
 * :func:`setup` -- run mode (``RESODE_MODE``), device and seeds.
+
+Chapter 6 (CIFAR-10): :func:`resode_tut.data.cifar10`, :mod:`resode_tut.cifar_resnet`
+(``CifarResNet``, ``untie``), :mod:`resode_tut.cifar_training` and
+:mod:`resode_tut.finetune` (the experiment, its cache and ``python -m resode_tut.finetune``).
 """
-from . import classifier, data, gradient_methods, memory, node
+from . import cifar_resnet, cifar_training, classifier, data, gradient_methods, memory, node
 from .adjoint import ReconstructionError, discrete_adjoint, reconstruct, reverse_step
 from .bounds import euler_distance_bound
 from .discretisation import DistanceSweep, distance_sweep
@@ -40,9 +44,9 @@ __all__ = [
 
 
 def __getattr__(name):
-    # `bench` is imported on first use, so that `python -m resode_tut.bench` runs it fresh
-    if name == "bench":
+    # imported on first use, so that `python -m resode_tut.bench` (or .finetune) runs it fresh
+    if name in ("bench", "finetune"):
         import importlib
 
-        return importlib.import_module(".bench", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

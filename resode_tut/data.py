@@ -4,13 +4,17 @@
 scikit-learn, no download), standardised and split with a fixed seed.
 ``concentric_spheres`` -- Ott et al. (2021)'s three shells, two classes, seeded.
 ``xor`` -- the four XOR points.
+``cifar10`` -- CIFAR-10 from the official python-batch layout (see
+:mod:`resode_tut.cifar_data`: download with MD5 check, or the offline JPEG mirror).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-__all__ = ["digits", "concentric_spheres", "xor"]
+from .cifar_data import cifar10
+
+__all__ = ["digits", "concentric_spheres", "xor", "cifar10"]
 
 
 def digits(test_fraction: float = 0.25, seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -152,7 +152,9 @@ class ResidualStack(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if not torch.isfinite(x).all():
+        with torch.no_grad():  # a check, not part of the graph: nothing saved for backward
+            finite = bool(torch.isfinite(x).all())
+        if not finite:
             raise ValueError("input contains NaN or infinite values: clean or rescale the data")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

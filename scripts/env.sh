@@ -26,3 +26,12 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 # Progress bars are for people: keep them out of the built pages and CI logs.
 export TQDM_DISABLE=1
+# CIFAR-10 for chapter 6: without internet, make the official batch layout from the JPEG
+# mirror beside the checkout (../shared/data), once, and point the loader at it.
+if [ -z "${RESODE_DATA:-}" ] && [ -f ../shared/data/make_cifar10.py ]; then
+    export RESODE_DATA="$PWD/.data"
+    if [ ! -f .data/cifar-10-batches-py/test_batch ]; then
+        echo "== making CIFAR-10 (official layout) from ../shared/data/cifar10-jpeg.zip"
+        python ../shared/data/make_cifar10.py .data
+    fi
+fi

@@ -1,0 +1,245 @@
+"""CIFAR-10 from the official python-batch layout, with torch-only augmentation.
+
+:func:`cifar10` reads ``root/cifar-10-batches-py/`` (the layout of the official
+archive ``cifar-10-python.tar.gz``).  With ``download=True`` it fetches that
+archive when the folder is missing and checks its MD5; otherwise a missing
+data set is an error that says where it looked and how to get it.
+
+Every loaded split names the copy it came from (:attr:`Cifar10.source`): the
+official batches are recognised by their published MD5 sums; the JPEG mirror
+made by ``../shared/data/make_cifar10.py`` (offline machines, CI) by its file
+names.  JPEG re-encoding changes pixels slightly, so numbers measured on the
+mirror are CIFAR-10-image numbers, not official CIFAR-10 results.
+
+Augmentation is the usual one for CIFAR ResNets, written in torch (no
+torchvision): a random 32 x 32 crop of the image padded by 4 pixels of zeros,
+and a horizontal flip with probability 1/2.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["cifar10", "Cifar10", "default_root", "normalise", "augment", "CLASSES",
+           "CIFAR10_URL", "CIFAR10_MD5", "MEAN", "STD"]
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+# MD5 sums of the official batches (as published with the archive; torchvision uses them too)
+_TRAIN = (("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+          ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+          ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+          ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+          ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"))
+_TEST = (("test_batch", "40351d587109b95175f43aff81a1287e"),)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+# per-channel mean and standard deviation of the official training images
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+OFFICIAL = "official CIFAR-10 archive (MD5-checked)"
+JPEG_MIRROR = "CIFAR-10 JPEG mirror (../shared/data; lossy re-encoding, not official)"
+UNKNOWN = "unverified copy of CIFAR-10 (not the official batches)"
+SHORT_NAMES = {OFFICIAL: "official archive", JPEG_MIRROR: "JPEG mirror", UNKNOWN: "unverified copy"}
+
+
+def default_root() -> Path:
+    """Where chapter 6 looks for CIFAR-10: ``$RESODE_DATA``, else ``~/.cache/resode_tut``."""
+    env = os.environ.get("RESODE_DATA", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "resode_tut"
+
+
+@dataclass
+class Cifar10:
+    """One split of CIFAR-10, in memory.
+
+    Attributes
+    ----------
+    images : torch.Tensor, shape (n, 3, 32, 32), uint8
+    labels : torch.Tensor, shape (n,), int64, values 0..9 (see :data:`CLASSES`)
+    source : str
+        Which copy the images came from (official archive, JPEG mirror, unverified).
+    path : pathlib.Path
+        The ``cifar-10-batches-py`` folder read.
+    train : bool
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    source: str
+    path: Path
+    train: bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int, seed: int = 0) -> "Cifar10":
+        """``n`` images drawn without replacement with a seeded permutation."""
+        if not 0 < n <= len(self):
+            raise ValueError(f"subset size must be in 1..{len(self)}, got {n}")
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return Cifar10(self.images[idx], self.labels[idx], self.source, self.path, self.train)
+
+    def float(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The images as floats in [0, 1], shape (n, 3, 32, 32)."""
+        return self.images.to(device).float() / 255
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _missing_message(folder: Path, names) -> str:
+    return (
+        f"CIFAR-10 not found: looked for {', '.join(names)} in {folder}. "
+        f"Get it with cifar10(root, download=True) (downloads {CIFAR10_URL}, 163 MB, and "
+        f"checks its MD5), or unpack the official archive so that {folder} exists, or, "
+        "offline, make the JPEG mirror: python ../shared/data/make_cifar10.py ROOT "
+        "and pass root=ROOT (or set RESODE_DATA=ROOT).")
+
+
+def _download(root: Path) -> None:
+    url, md5 = CIFAR10_URL, CIFAR10_MD5
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "cifar-10-python.tar.gz"
+    if not archive.exists() or _md5(archive) != md5:
+        try:
+            urllib.request.urlretrieve(url, archive)
+        except OSError as err:
+            archive.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"could not download CIFAR-10 from {url} ({err}). Offline, make the JPEG "
+                f"mirror instead: python ../shared/data/make_cifar10.py {root}") from err
+    got = _md5(archive)
+    if got != md5:
+        raise RuntimeError(
+            f"{archive} has MD5 {got}, expected {md5}: the download is corrupt or not the "
+            "official archive; delete it and download again")
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(root, filter="data")
+
+
+def cifar10(root: str | os.PathLike | None = None, train: bool = True,
+            download: bool = False) -> Cifar10:
+    """Load the training (50,000) or test (10,000) split of CIFAR-10.
+
+    Parameters
+    ----------
+    root : path, optional
+        The folder that holds ``cifar-10-batches-py/``; default :func:`default_root`.
+    train : bool
+        The five training batches, or the test batch.
+    download : bool
+        If the batches are missing, download the official archive into ``root``,
+        check its MD5 and unpack it.  Never downloads when the batches are there.
+
+    Returns
+    -------
+    Cifar10
+        ``images`` (n, 3, 32, 32) uint8, ``labels`` (n,) int64, and ``source``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The batches are missing and ``download`` is false; the message says where
+        it looked and how to get the data.
+    RuntimeError
+        The download failed or its MD5 is wrong.
+    """
+    root = default_root() if root is None else Path(root).expanduser()
+    folder = root / FOLDER
+    files = _TRAIN if train else _TEST
+    missing = [name for name, _ in files if not (folder / name).is_file()]
+    if missing and download:
+        _download(root)
+        missing = [name for name, _ in files if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(_missing_message(folder, [n for n, _ in files]))
+    images, labels, names = [], [], []
+    official = True
+    for name, md5 in files:
+        path = folder / name
+        official = official and _md5(path) == md5
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        try:
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch[b"labels"])
+            names.extend(batch.get(b"filenames", []))
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{path} is not a CIFAR-10 python batch ({err!r}): "
+                             "re-create the folder from the official archive") from err
+    if official:
+        source = OFFICIAL
+    elif names and all(bytes(n).endswith(b".jpg") for n in names[:100]):
+        source = JPEG_MIRROR
+    else:
+        source = UNKNOWN
+    x = torch.from_numpy(np.concatenate(images))
+    y = torch.tensor(labels, dtype=torch.int64)
+    if len(x) != len(y) or y.min() < 0 or y.max() > 9:
+        raise ValueError(f"{folder}: {len(x)} images but {len(y)} labels in 0..9; "
+                         "re-create the folder from the official archive")
+    return Cifar10(x, y, source, folder, train)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """Standardise images in [0, 1] per channel with :data:`MEAN` and :data:`STD`.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, 3, H, W), floating point
+
+    Returns
+    -------
+    torch.Tensor, same shape
+    """
+    if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"normalise expects float images of shape (B, 3, H, W), got "
+                         f"{tuple(x.shape)} {x.dtype}: convert with Cifar10.float() first")
+    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded image and random horizontal flip, per image.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, C, H, W)
+    generator : torch.Generator
+        On the CPU; seeds the crop offsets and flips (same generator state, same batch).
+    padding : int
+        Pixels of zeros added on each side before cropping back to H x W.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, C, H, W)
+    """
+    if x.ndim != 4:
+        raise ValueError(f"augment expects a batch of images (B, C, H, W), got {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, B), generator=generator)
+    flip = torch.rand(B, generator=generator) < 0.5
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    rows = (offsets[0][:, None] + torch.arange(H)).to(x.device)          # (B, H)
+    cols = (offsets[1][:, None] + torch.arange(W)).to(x.device)          # (B, W)
+    cols = torch.where(flip.to(x.device)[:, None], cols.flip(1), cols)  # flip = read right to left
+    b = torch.arange(B, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,401 @@
+"""Fine-tuning a very deep CIFAR ResNet with the memory-free adjoint (chapter 6).
+
+Sander et al. (2022)'s recipe: train a network with *tied* weights (one
+residual function at every step: a discretised autonomous ODE), untie it into a
+deep stage of ``N`` independent functions, and fine-tune that stage with the
+discrete adjoint, which keeps no activations for the residual layers.  One run
+of :func:`run` does the whole experiment for a :class:`FinetuneConfig`:
+
+1. pre-train the tied network (depth ``pretrain_depth``) and evaluate it, with
+   the same weights, at other depths (is it an ODE?);
+2. untie it into ``depth`` functions and fine-tune the copy twice from the same
+   weights and seeds, once with backprop, once with the adjoint;
+3. count the bytes the stage keeps for backward against depth (and the CUDA
+   peak of a training step on a GPU);
+4. compare the adjoint's gradients with backprop's against depth.
+
+Results are plain JSON.  :func:`train_or_load` caches them under a key made of
+the configuration, the device type and the source code of the modules that
+compute them, so a stale result is never served as current.
+
+Command line (the GPU-scale run; writes JSON and a figure)::
+
+    python -m resode_tut.finetune --config gpu-full --device cuda --download
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import adjoint, cifar_data, cifar_resnet, cifar_training, memory, stack
+from .cifar_data import SHORT_NAMES, cifar10, normalise
+from .cifar_resnet import CifarResNet, untie
+from .cifar_training import METHODS, accuracy, cuda_step_peak_mib, gradient_agreement, \
+    stage_saved_bytes, train
+from .runtime import seed_everything
+
+__all__ = ["FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
+           "code_version", "default_results_dir", "stale_results", "plot_accuracy", "plot_memory",
+           "plot_gradients", "plot", "summary", "main"]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One scale of the chapter 6 experiment.
+
+    Attributes
+    ----------
+    name : str
+    train_images, test_images : int
+        Images used from each split (0: the whole split).
+    channels : int
+        Width ``C`` of the stage.
+    pretrain_depth, pretrain_epochs, pretrain_lr, pretrain_milestones
+        The tied network: its depth and its SGD schedule (lr / 10 at the milestones).
+    depth : int
+        ``N``, the depth of the untied stage that is fine-tuned.
+    epochs, lr, milestones
+        The fine-tuning schedule (the paper: 50 epochs, lr 1e-3, / 10 at epoch 40).
+    batch : int
+    eval_depths : tuple of int
+        Depths at which the tied network is evaluated with its trained weights.
+    memory_depths, memory_batch
+        Depths and batch size of the memory measurement.
+    gradient_depths, gradient_batch
+        Depths and batch size of the gradient comparison.
+    seed : int
+    """
+
+    name: str
+    train_images: int
+    test_images: int
+    channels: int = 16
+    pretrain_depth: int = 8
+    pretrain_epochs: int = 10
+    pretrain_lr: float = 0.1
+    pretrain_milestones: tuple = ()
+    depth: int = 32
+    epochs: int = 4
+    lr: float = 0.01
+    milestones: tuple = ()
+    batch: int = 128
+    eval_depths: tuple = (2, 4, 8, 16, 32, 64)
+    memory_depths: tuple = (8, 16, 32, 64)
+    memory_batch: int = 128
+    gradient_depths: tuple = (4, 8, 16, 32, 64)
+    gradient_batch: int = 64
+    seed: int = 0
+
+
+CONFIGS = {
+    # CI: a few thousand images, a few epochs, a couple of minutes on 2 CPU cores
+    "quick": FinetuneConfig("quick", train_images=4000, test_images=2000, pretrain_epochs=8,
+                            pretrain_milestones=(6,), epochs=3, lr=0.01),
+    # a CPU-sized run (minutes on 2 cores)
+    "cpu-full": FinetuneConfig("cpu-full", train_images=20000, test_images=10000,
+                               pretrain_epochs=15, pretrain_milestones=(10, 13), epochs=8,
+                               lr=0.01, milestones=(6,), memory_depths=(8, 16, 32, 64, 128),
+                               gradient_depths=(4, 8, 16, 32, 64, 128)),
+    # the whole training set and the paper's fine-tuning schedule (a GPU)
+    "gpu-full": FinetuneConfig("gpu-full", train_images=0, test_images=0, pretrain_epochs=60,
+                               pretrain_milestones=(30, 45), epochs=50, lr=1e-3,
+                               milestones=(40,), memory_depths=(8, 16, 32, 64, 128, 256),
+                               gradient_depths=(4, 8, 16, 32, 64, 128, 256)),
+}
+
+_CODE = (adjoint, cifar_data, cifar_resnet, cifar_training, memory, stack)
+
+
+def code_version() -> str:
+    """SHA-256 (16 hex digits) of the source of every module that computes a result."""
+    digest = hashlib.sha256()
+    for module in _CODE + (sys.modules[__name__],):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(config: FinetuneConfig, device: str | torch.device) -> str:
+    """Key of a result: configuration, device type, code version and torch version."""
+    text = json.dumps({"config": asdict(config), "device": torch.device(device).type,
+                       "code": code_version(), "torch": torch.__version__}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_results_dir() -> Path:
+    """``$RESODE_RESULTS``, else ``~/.cache/resode_tut/results``."""
+    env = os.environ.get("RESODE_RESULTS", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "resode_tut" / "results"
+
+
+def _path(config: FinetuneConfig, device, out_dir: Path) -> Path:
+    return Path(out_dir) / f"finetune-{config.name}-{cache_key(config, device)}.json"
+
+
+def _split(root, train: bool, n: int, seed: int, download: bool):
+    data = cifar10(root, train=train, download=download)
+    return data if n in (0, len(data)) else data.subset(n, seed)
+
+
+def _depth_copy(model: CifarResNet, depth: int, device) -> CifarResNet:
+    return untie(model, depth).to(device)
+
+
+def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
+        data_root=None, download: bool = False) -> dict:
+    """Run the whole experiment once (see the module docstring).
+
+    Parameters
+    ----------
+    config : FinetuneConfig or one of ``CONFIGS``' names
+    device : str or torch.device
+    data_root : path, optional
+        Folder holding ``cifar-10-batches-py`` (default :func:`cifar_data.default_root`).
+    download : bool
+        Download the official archive if the data are missing.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``config``, ``key``, ``data_source``, ``pretrain`` (tied network's
+        history and its accuracy at ``eval_depths``), ``finetune`` (per method: test
+        accuracy per epoch, starting with the untied start, and seconds per epoch),
+        ``memory`` (bytes the stage keeps, per method and depth; CUDA peak on a GPU),
+        ``gradients`` (agreement per depth for the pre-trained and for an i.i.d.-
+        initialised network, and for the fine-tuned one), ``seconds``, ``device``.
+    """
+    config = CONFIGS[config] if isinstance(config, str) else config
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but torch sees no GPU: use --device cpu")
+    t_start = time.perf_counter()
+    seed_everything(config.seed)
+    train_data = _split(data_root, True, config.train_images, config.seed, download)
+    test_data = _split(data_root, False, config.test_images, config.seed, download)
+    fit = dict(device=device, batch=config.batch)
+
+    # 1. the tied network, and the same weights at other depths
+    tied = CifarResNet(config.pretrain_depth, config.channels, tied=True, seed=config.seed)
+    pre = train(tied, train_data, test_data, config.pretrain_epochs, config.pretrain_lr,
+                milestones=config.pretrain_milestones, seed=config.seed,
+                desc=f"pre-train tied N={config.pretrain_depth}", **fit)
+    at_depth = {d: accuracy(_depth_copy(tied, d, device), test_data, device=device)
+                for d in config.eval_depths}
+
+    # 2. untie, fine-tune from the same start with the same seed, once per method
+    start = _depth_copy(tied, config.depth, device)
+    start_acc = accuracy(start, test_data, device=device)
+    curves, finetuned = {}, {}
+    for method in METHODS:
+        finetuned[method] = copy.deepcopy(start)
+        hist = train(finetuned[method], train_data, test_data, config.epochs, config.lr,
+                     method=method, milestones=config.milestones, seed=config.seed + 1,
+                     desc=f"fine-tune N={config.depth} ({method})", **fit)
+        curves[method] = {"test_accuracy": [start_acc] + hist.test_accuracy,
+                          "train_loss": hist.train_loss, "seconds": hist.seconds}
+
+    # 3. memory kept by the stage, against depth
+    gen = torch.Generator().manual_seed(config.seed)
+    pick = torch.randperm(len(test_data), generator=gen)
+    mem_idx = pick[:config.memory_batch]
+    x_mem = normalise(test_data.images[mem_idx].float() / 255).to(device)
+    y_mem = test_data.labels[mem_idx].to(device)
+    mem = {"depths": list(config.memory_depths), "batch": config.memory_batch,
+           "saved_bytes": {m: [] for m in METHODS}, "cuda_peak_mib": {m: [] for m in METHODS}}
+    for d in config.memory_depths:
+        model = _depth_copy(tied, d, device)
+        for m in METHODS:
+            mem["saved_bytes"][m].append(stage_saved_bytes(model, x_mem, m))
+            if device.type == "cuda":
+                mem["cuda_peak_mib"][m].append(cuda_step_peak_mib(model, x_mem, y_mem, m))
+
+    # 4. gradient agreement against depth
+    grad_idx = pick[:config.gradient_batch]
+    x_g = normalise(test_data.images[grad_idx].float() / 255).to(device)
+    y_g = test_data.labels[grad_idx].to(device)
+    grads = {"depths": list(config.gradient_depths), "batch": config.gradient_batch,
+             "pretrained": [], "iid": []}
+    for d in config.gradient_depths:
+        grads["pretrained"].append(gradient_agreement(_depth_copy(tied, d, device), x_g, y_g))
+        fresh = CifarResNet(d, config.channels, zero_init=False, seed=config.seed).to(device)
+        grads["iid"].append(gradient_agreement(fresh, x_g, y_g))
+    grads["finetuned"] = {m: gradient_agreement(finetuned[m], x_g, y_g) for m in METHODS}
+
+    return {
+        "config": asdict(config), "key": cache_key(config, device), "code": code_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "data_source": train_data.source,
+        "train_images": len(train_data), "test_images": len(test_data),
+        "pretrain": {"depth": config.pretrain_depth, "test_accuracy": pre.test_accuracy,
+                     "train_loss": pre.train_loss, "seconds": pre.seconds,
+                     "accuracy_at_depth": {str(d): a for d, a in at_depth.items()}},
+        "finetune": {"depth": config.depth, **curves},
+        "memory": mem, "gradients": grads,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
+         out_dir=None) -> dict | None:
+    """The cached result for this configuration, device type and code, or ``None``."""
+    config = CONFIGS[config] if isinstance(config, str) else config
+    path = _path(config, device, default_results_dir() if out_dir is None else out_dir)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("key") == cache_key(config, device) else None
+
+
+def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
+    """Result files of this configuration's name that are *not* current (other
+    configuration, device type or code): they are never loaded."""
+    config = CONFIGS[config] if isinstance(config, str) else config
+    out_dir = default_results_dir() if out_dir is None else Path(out_dir)
+    current = {_path(config, d, out_dir) for d in ("cpu", "cuda")}
+    return sorted(p for p in out_dir.glob(f"finetune-{config.name}-*.json") if p not in current)
+
+
+def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
+                  out_dir=None, data_root=None, download: bool = False,
+                  force: bool = False) -> dict:
+    """:func:`load` the result if cached (same configuration, device type, code),
+    else :func:`run` it and write it (JSON) under ``out_dir``."""
+    config = CONFIGS[config] if isinstance(config, str) else config
+    out_dir = default_results_dir() if out_dir is None else Path(out_dir)
+    result = None if force else load(config, device, out_dir)
+    if result is None:
+        result = run(config, device, data_root, download)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _path(config, device, out_dir).write_text(json.dumps(result, indent=1))
+    return result
+
+
+# -- figures -------------------------------------------------------------------
+_COLOURS = {"backprop": "tab:blue", "adjoint": "tab:orange"}
+
+
+def plot_accuracy(result: dict, ax) -> None:
+    """Test accuracy per epoch: the tied pre-training, then both fine-tunings."""
+    pre = result["pretrain"]["test_accuracy"]
+    e0 = len(pre)
+    ax.plot(range(1, e0 + 1), [100 * a for a in pre], color="0.5",
+            label=f"tied, N = {result['pretrain']['depth']}")
+    for m in METHODS:
+        acc = result["finetune"][m]["test_accuracy"]
+        ax.plot(range(e0, e0 + len(acc)), [100 * a for a in acc], color=_COLOURS[m],
+                ls="-" if m == "backprop" else "--", marker="o" if m == "backprop" else "x",
+                label=f"untied N = {result['finetune']['depth']}, {m}")
+    ax.axvline(e0, color="0.8", lw=0.8)
+    copy_name = SHORT_NAMES.get(result["data_source"], result["data_source"])
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)",
+           title=f"CIFAR-10 {copy_name}: {result['train_images']} train, "
+                 f"{result['test_images']} test images")
+    ax.legend(fontsize=8)
+
+
+def plot_memory(result: dict, ax) -> None:
+    """Bytes the stage keeps for backward against its depth (log-log)."""
+    mem = result["memory"]
+    for m in METHODS:
+        ax.plot(mem["depths"], [b / 2 ** 20 for b in mem["saved_bytes"][m]], "o-",
+                color=_COLOURS[m], label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel="depth N of the stage", ylabel="MiB kept for backward",
+           title=f"stage activation memory (batch {mem['batch']})")
+    ax.legend(fontsize=8)
+
+
+def plot_gradients(result: dict, ax) -> None:
+    """Median relative squared gradient error of the adjoint against depth."""
+    g = result["gradients"]
+    for kind, style in (("pretrained", "o-"), ("iid", "s--")):
+        ax.plot(g["depths"], [r["median"] for r in g[kind]], style,
+                label={"pretrained": "untied from the tied net", "iid": "i.i.d. init"}[kind])
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel="depth N of the stage", ylabel="relative squared error (median)",
+           title="adjoint vs backprop gradients")
+    ax.legend(fontsize=8)
+
+
+def plot(result: dict):
+    """The three panels side by side; returns the matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    plot_accuracy(result, axes[0])
+    plot_memory(result, axes[1])
+    plot_gradients(result, axes[2])
+    fig.suptitle(f"{result['config']['name']} on {result['device']} - {result['data_source']}",
+                 fontsize=9)
+    return fig
+
+
+def summary(result: dict) -> str:
+    """A few lines: accuracies (naming the data copy), memory, gradients, time."""
+    ft = result["finetune"]
+    lines = [f"data: {result['data_source']}, {result['train_images']} train / "
+             f"{result['test_images']} test images; device: {result['device']}",
+             f"tied N={result['pretrain']['depth']}: test accuracy "
+             f"{100 * result['pretrain']['test_accuracy'][-1]:.1f}%; at other depths: "
+             + ", ".join(f"N={d}: {100 * a:.1f}%"
+                         for d, a in result["pretrain"]["accuracy_at_depth"].items())]
+    for m in METHODS:
+        lines.append(f"fine-tune N={ft['depth']} with {m:8s}: {100 * ft[m]['test_accuracy'][0]:.1f}%"
+                     f" -> {100 * ft[m]['test_accuracy'][-1]:.1f}% in {len(ft[m]['seconds'])} "
+                     f"epochs, {sum(ft[m]['seconds']) / len(ft[m]['seconds']):.1f} s/epoch")
+    mem = result["memory"]
+    for i, d in enumerate(mem["depths"]):
+        line = (f"N={d:4d}: stage keeps {mem['saved_bytes']['backprop'][i] / 2 ** 20:8.2f} MiB "
+                f"(backprop) vs {mem['saved_bytes']['adjoint'][i] / 2 ** 20:6.2f} MiB (adjoint)")
+        if mem["cuda_peak_mib"]["backprop"]:
+            line += (f"; CUDA peak {mem['cuda_peak_mib']['backprop'][i]:.1f} vs "
+                     f"{mem['cuda_peak_mib']['adjoint'][i]:.1f} MiB")
+        lines.append(line)
+    g = result["gradients"]
+    lines.append("gradient rel. squared error (median), pretrained / iid: " + ", ".join(
+        f"N={d}: {a['median']:.1e} / {b['median']:.1e}"
+        for d, a, b in zip(g["depths"], g["pretrained"], g["iid"])))
+    lines.append(f"wall time {result['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m resode_tut.finetune",
+        description="Fine-tune a deep CIFAR-10 ResNet with the adjoint and with backprop "
+                    "(chapter 6); writes JSON and a figure, cached by configuration and code.")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="gpu-full")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data", default=None,
+                        help="folder holding cifar-10-batches-py (default $RESODE_DATA "
+                             "or ~/.cache/resode_tut)")
+    parser.add_argument("--download", action="store_true",
+                        help="download the official archive if the data are missing")
+    parser.add_argument("--out", default=None,
+                        help="results folder (default $RESODE_RESULTS or "
+                             "~/.cache/resode_tut/results)")
+    parser.add_argument("--force", action="store_true", help="run even if a result is cached")
+    args = parser.parse_args(argv)
+    out = default_results_dir() if args.out is None else Path(args.out)
+    result = train_or_load(args.config, args.device, out, args.data, args.download, args.force)
+    print(summary(result))
+    figure = _path(CONFIGS[args.config], args.device, out).with_suffix(".png")
+    plot(result).savefig(figure, dpi=120)
+    print(f"results: {_path(CONFIGS[args.config], args.device, out)} and {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
