@@ -18,7 +18,8 @@ from .cifar_resnet import CifarResNet
 from .memory import SavedTensorsCounter
 from .progress import progress
 
-__all__ = ["METHODS", "TrainHistory", "train", "accuracy", "stage_saved_bytes",
+__all__ = ["METHODS", "TrainHistory", "train", "accuracy", "recalibrate_batchnorm",
+           "stage_saved_bytes",
            "cuda_step_peak_mib", "gradient_agreement"]
 
 METHODS = ("backprop", "adjoint")
@@ -52,10 +53,51 @@ def accuracy(model: nn.Module, data: Cifar10, batch: int = 1000,
     return correct / len(data)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Cifar10, batches: int = 10,
+                          batch: int = 256, seed: int = 0,
+                          device: str | torch.device = "cpu") -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from training images.
+
+    A BatchNorm shared by all the steps of a tied stage sees a different input
+    distribution at every step, and its running averages fit none of them;
+    after :func:`~resode_tut.cifar_resnet.untie` each copy needs the statistics
+    of its own step.  This resets them and averages the batch statistics of
+    ``batches`` forward passes (train mode, no gradient, no augmentation, no
+    parameter change).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Changed in place (buffers only) and returned.
+    data : Cifar10
+        Training images.
+    batches, batch, seed, device
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the passes below
+    was_training = model.training
+    model.train()
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    for i in range(0, min(batches * batch, len(data)), batch):
+        model(normalise(data.images[idx[i:i + batch]].to(device).float() / 255))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return model
+
+
 def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: int,
           lr: float, method: str = "backprop", milestones=(), batch: int = 128,
           weight_decay: float = 5e-4, seed: int = 0, device: str | torch.device = "cpu",
-          desc: str = "train") -> TrainHistory:
+          desc: str = "train", evaluate=None) -> TrainHistory:
     """SGD (momentum 0.9) on cross-entropy with crops and flips; test accuracy each epoch.
 
     The batch order and the augmentation depend on ``seed`` only, so two runs
@@ -76,6 +118,9 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
     device : str or torch.device
     desc : str
         Label of the progress bar.
+    evaluate : callable, optional
+        ``evaluate(model) -> float``, the test accuracy recorded after each epoch;
+        default :func:`accuracy` on ``test_data``.
 
     Returns
     -------
@@ -110,7 +155,8 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
             torch.cuda.synchronize(device)
         hist.seconds.append(time.perf_counter() - t0)
         hist.train_loss.append(total / len(order))
-        hist.test_accuracy.append(accuracy(model, test_data, device=device))
+        hist.test_accuracy.append(accuracy(model, test_data, device=device) if evaluate is None
+                                  else evaluate(model))
     model.stage.adjoint = False
     return hist
 

@@ -41,7 +41,7 @@ from . import adjoint, cifar_data, cifar_resnet, cifar_training, memory, stack
 from .cifar_data import SHORT_NAMES, cifar10, normalise
 from .cifar_resnet import CifarResNet, untie
 from .cifar_training import METHODS, accuracy, cuda_step_peak_mib, gradient_agreement, \
-    stage_saved_bytes, train
+    recalibrate_batchnorm, stage_saved_bytes, train
 from .runtime import seed_everything
 
 __all__ = ["FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
@@ -103,8 +103,8 @@ CONFIGS = {
                             pretrain_milestones=(6,), epochs=3, lr=0.01),
     # a CPU-sized run (minutes on 2 cores)
     "cpu-full": FinetuneConfig("cpu-full", train_images=20000, test_images=10000,
-                               pretrain_epochs=15, pretrain_milestones=(10, 13), epochs=8,
-                               lr=0.01, milestones=(6,), memory_depths=(8, 16, 32, 64, 128),
+                               pretrain_epochs=15, pretrain_milestones=(10, 13), epochs=6,
+                               lr=0.01, milestones=(5,), memory_depths=(8, 16, 32, 64, 128),
                                gradient_depths=(4, 8, 16, 32, 64, 128)),
     # the whole training set and the paper's fine-tuning schedule (a GPU)
     "gpu-full": FinetuneConfig("gpu-full", train_images=0, test_images=0, pretrain_epochs=60,
@@ -125,9 +125,10 @@ def code_version() -> str:
 
 
 def cache_key(config: FinetuneConfig, device: str | torch.device) -> str:
-    """Key of a result: configuration, device type, code version and torch version."""
+    """Key of a result: configuration, device type and code version (the torch version is
+    recorded in the result, not keyed, so a GPU result made elsewhere can be shown)."""
     text = json.dumps({"config": asdict(config), "device": torch.device(device).type,
-                       "code": code_version(), "torch": torch.__version__}, sort_keys=True)
+                       "code": code_version()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -146,8 +147,13 @@ def _split(root, train: bool, n: int, seed: int, download: bool):
     return data if n in (0, len(data)) else data.subset(n, seed)
 
 
-def _depth_copy(model: CifarResNet, depth: int, device) -> CifarResNet:
-    return untie(model, depth).to(device)
+def _depth_copy(model: CifarResNet, depth: int, device, train_data=None) -> CifarResNet:
+    """``untie(model, depth)`` on ``device``; with ``train_data``, each layer's BatchNorm
+    statistics re-estimated for its own step (see :func:`recalibrate_batchnorm`)."""
+    copy_ = untie(model, depth).to(device)
+    if train_data is not None:
+        recalibrate_batchnorm(copy_, train_data, device=device)
+    return copy_
 
 
 def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
@@ -170,8 +176,8 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         history and its accuracy at ``eval_depths``), ``finetune`` (per method: test
         accuracy per epoch, starting with the untied start, and seconds per epoch),
         ``memory`` (bytes the stage keeps, per method and depth; CUDA peak on a GPU),
-        ``gradients`` (agreement per depth for the pre-trained and for an i.i.d.-
-        initialised network, and for the fine-tuned one), ``seconds``, ``device``.
+        ``gradients`` (agreement per depth for the pre-trained network untied to that
+        depth, and for both fine-tuned networks), ``seconds``, ``device``.
     """
     config = CONFIGS[config] if isinstance(config, str) else config
     device = torch.device(device)
@@ -185,14 +191,19 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
 
     # 1. the tied network, and the same weights at other depths
     tied = CifarResNet(config.pretrain_depth, config.channels, tied=True, seed=config.seed)
+    # (the shared BatchNorm's running statistics fit no single step: evaluate an untied
+    # copy with per-step statistics)
+    def tied_accuracy(model, depth=config.pretrain_depth):
+        return accuracy(_depth_copy(model, depth, device, train_data), test_data, device=device)
+
     pre = train(tied, train_data, test_data, config.pretrain_epochs, config.pretrain_lr,
                 milestones=config.pretrain_milestones, seed=config.seed,
-                desc=f"pre-train tied N={config.pretrain_depth}", **fit)
-    at_depth = {d: accuracy(_depth_copy(tied, d, device), test_data, device=device)
-                for d in config.eval_depths}
+                desc=f"pre-train tied N={config.pretrain_depth}", evaluate=tied_accuracy, **fit)
+    shared_stats = accuracy(tied, test_data, device=device)
+    at_depth = {d: tied_accuracy(tied, d) for d in config.eval_depths}
 
     # 2. untie, fine-tune from the same start with the same seed, once per method
-    start = _depth_copy(tied, config.depth, device)
+    start = _depth_copy(tied, config.depth, device, train_data)
     start_acc = accuracy(start, test_data, device=device)
     curves, finetuned = {}, {}
     for method in METHODS:
@@ -223,11 +234,8 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     x_g = normalise(test_data.images[grad_idx].float() / 255).to(device)
     y_g = test_data.labels[grad_idx].to(device)
     grads = {"depths": list(config.gradient_depths), "batch": config.gradient_batch,
-             "pretrained": [], "iid": []}
-    for d in config.gradient_depths:
-        grads["pretrained"].append(gradient_agreement(_depth_copy(tied, d, device), x_g, y_g))
-        fresh = CifarResNet(d, config.channels, zero_init=False, seed=config.seed).to(device)
-        grads["iid"].append(gradient_agreement(fresh, x_g, y_g))
+             "pretrained": [gradient_agreement(_depth_copy(tied, d, device), x_g, y_g)
+                            for d in config.gradient_depths]}
     grads["finetuned"] = {m: gradient_agreement(finetuned[m], x_g, y_g) for m in METHODS}
 
     return {
@@ -238,7 +246,8 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         "train_images": len(train_data), "test_images": len(test_data),
         "pretrain": {"depth": config.pretrain_depth, "test_accuracy": pre.test_accuracy,
                      "train_loss": pre.train_loss, "seconds": pre.seconds,
-                     "accuracy_at_depth": {str(d): a for d, a in at_depth.items()}},
+                     "accuracy_at_depth": {str(d): a for d, a in at_depth.items()},
+                     "accuracy_shared_statistics": shared_stats},
         "finetune": {"depth": config.depth, **curves},
         "memory": mem, "gradients": grads,
         "seconds": time.perf_counter() - t_start,
@@ -319,9 +328,12 @@ def plot_memory(result: dict, ax) -> None:
 def plot_gradients(result: dict, ax) -> None:
     """Median relative squared gradient error of the adjoint against depth."""
     g = result["gradients"]
-    for kind, style in (("pretrained", "o-"), ("iid", "s--")):
-        ax.plot(g["depths"], [r["median"] for r in g[kind]], style,
-                label={"pretrained": "untied from the tied net", "iid": "i.i.d. init"}[kind])
+    ax.plot(g["depths"], [r["median"] for r in g["pretrained"]], "o-", color="0.3",
+            label="tied net untied to depth N")
+    for m in METHODS:
+        ax.plot([result["finetune"]["depth"]], [g["finetuned"][m]["median"]],
+                "x" if m == "adjoint" else "+", ms=10, color=_COLOURS[m],
+                label=f"after fine-tuning ({m})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set(xlabel="depth N of the stage", ylabel="relative squared error (median)",
@@ -348,7 +360,9 @@ def summary(result: dict) -> str:
     lines = [f"data: {result['data_source']}, {result['train_images']} train / "
              f"{result['test_images']} test images; device: {result['device']}",
              f"tied N={result['pretrain']['depth']}: test accuracy "
-             f"{100 * result['pretrain']['test_accuracy'][-1]:.1f}%; at other depths: "
+             f"{100 * result['pretrain']['test_accuracy'][-1]:.1f}% (with its shared BatchNorm "
+             f"statistics: {100 * result['pretrain']['accuracy_shared_statistics']:.1f}%); "
+             "at other depths: "
              + ", ".join(f"N={d}: {100 * a:.1f}%"
                          for d, a in result["pretrain"]["accuracy_at_depth"].items())]
     for m in METHODS:
@@ -364,9 +378,10 @@ def summary(result: dict) -> str:
                      f"{mem['cuda_peak_mib']['adjoint'][i]:.1f} MiB")
         lines.append(line)
     g = result["gradients"]
-    lines.append("gradient rel. squared error (median), pretrained / iid: " + ", ".join(
-        f"N={d}: {a['median']:.1e} / {b['median']:.1e}"
-        for d, a, b in zip(g["depths"], g["pretrained"], g["iid"])))
+    lines.append("gradient rel. squared error (median over the stage's tensors): " + ", ".join(
+        f"N={d}: {a['median']:.1e}" for d, a in zip(g["depths"], g["pretrained"])))
+    lines.append("after fine-tuning: " + ", ".join(
+        f"{m} {g['finetuned'][m]['median']:.1e}" for m in METHODS))
     lines.append(f"wall time {result['seconds']:.0f} s")
     return "\n".join(lines)
 

@@ -15,8 +15,8 @@ import torch
 from resode_tut import cifar_data, data, finetune
 from resode_tut.cifar_data import augment, cifar10, normalise
 from resode_tut.cifar_resnet import CifarResNet, untie
-from resode_tut.cifar_training import (accuracy, gradient_agreement, stage_saved_bytes,
-                                       train)
+from resode_tut.cifar_training import (accuracy, gradient_agreement, recalibrate_batchnorm,
+                                       stage_saved_bytes, train)
 
 SHARED_ROOT = os.environ.get("RESODE_DATA", "")
 
@@ -186,6 +186,26 @@ def test_cifar_resnet_rejects_wrong_inputs():
         CifarResNet(0)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         CifarResNet(2)(torch.randn(2, 1, 32, 32))
+
+
+def test_recalibration_sets_running_statistics_to_the_data_average(tmp_path):
+    _write_batches(tmp_path, 16)
+    tr = cifar10(tmp_path, True)
+    model = untie(CifarResNet(2, channels=4, tied=True, zero_init=False, seed=0), 4).eval()
+    before = [p.clone() for p in model.parameters()]
+    recalibrate_batchnorm(model, tr, batches=2, batch=16, seed=3)
+    assert not model.training
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # the stem's BatchNorm sees conv(x) whatever the batch: its running mean must be the
+    # mean of conv(x) over the 32 images used (same seeded order)
+    idx = torch.randperm(len(tr), generator=torch.Generator().manual_seed(3))[:32]
+    with torch.no_grad():
+        z = model.stem[0](normalise(tr.images[idx].float() / 255))
+    assert torch.allclose(model.stem[1].running_mean, z.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert model.stem[1].momentum == 0.1  # restored
+    # every copy of the untied stage now has statistics of its own step
+    means = [f.bn1.running_mean for f in model.stage.functions]
+    assert not torch.allclose(means[0], means[-1])
 
 
 # -- measurements --------------------------------------------------------------------
