@@ -138,6 +138,15 @@ def default_results_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "resode_tut" / "results"
 
 
+def _config(config: FinetuneConfig | str) -> FinetuneConfig:
+    if isinstance(config, FinetuneConfig):
+        return config
+    if config not in CONFIGS:
+        raise ValueError(f"unknown configuration {config!r}: choose one of {sorted(CONFIGS)} "
+                         "or pass a FinetuneConfig")
+    return CONFIGS[config]
+
+
 def _path(config: FinetuneConfig, device, out_dir: Path) -> Path:
     return Path(out_dir) / f"finetune-{config.name}-{cache_key(config, device)}.json"
 
@@ -179,8 +188,11 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         ``gradients`` (agreement per depth for the pre-trained network untied to that
         depth, and for both fine-tuned networks), ``seconds``, ``device``.
     """
-    config = CONFIGS[config] if isinstance(config, str) else config
-    device = torch.device(device)
+    config = _config(config)
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r} ({err}): use 'cpu' or 'cuda'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but torch sees no GPU: use --device cpu")
     t_start = time.perf_counter()
@@ -257,7 +269,7 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
 def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
          out_dir=None) -> dict | None:
     """The cached result for this configuration, device type and code, or ``None``."""
-    config = CONFIGS[config] if isinstance(config, str) else config
+    config = _config(config)
     path = _path(config, device, default_results_dir() if out_dir is None else out_dir)
     if not path.is_file():
         return None
@@ -268,7 +280,7 @@ def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
 def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
     """Result files of this configuration's name that are *not* current (other
     configuration, device type or code): they are never loaded."""
-    config = CONFIGS[config] if isinstance(config, str) else config
+    config = _config(config)
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
     current = {_path(config, d, out_dir) for d in ("cpu", "cuda")}
     return sorted(p for p in out_dir.glob(f"finetune-{config.name}-*.json") if p not in current)
@@ -279,7 +291,7 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
                   force: bool = False) -> dict:
     """:func:`load` the result if cached (same configuration, device type, code),
     else :func:`run` it and write it (JSON) under ``out_dir``."""
-    config = CONFIGS[config] if isinstance(config, str) else config
+    config = _config(config)
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
     result = None if force else load(config, device, out_dir)
     if result is None:

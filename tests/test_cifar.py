@@ -266,6 +266,13 @@ def test_the_cache_key_follows_configuration_device_and_code(monkeypatch):
     assert key != finetune.cache_key(TINY, "cpu")
 
 
+def test_bad_configuration_or_device_is_named():
+    with pytest.raises(ValueError, match="unknown configuration 'huge'"):
+        finetune.run("huge")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        finetune.run(TINY, device="gpu0")
+
+
 def test_command_line_runs_writes_and_serves_only_current_results(tmp_path, monkeypatch, capsys):
     _write_batches(tmp_path / "data", 40)
     monkeypatch.setitem(finetune.CONFIGS, "tiny", TINY)
