@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["cifar10", "Cifar10", "default_root", "normalise", "augment", "CLASSES",
+__all__ = ["cifar10", "Cifar10", "default_root", "normalise", "augment", "prepare", "CLASSES",
            "CIFAR10_URL", "CIFAR10_MD5", "MEAN", "STD"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -243,3 +243,20 @@ def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> to
     b = torch.arange(B, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def prepare(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Network inputs from uint8 images: scale to [0, 1], :func:`augment` when a
+    ``generator`` is given (training), then :func:`normalise`.
+
+    Parameters
+    ----------
+    images : torch.Tensor, shape (B, 3, H, W), uint8
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    torch.Tensor, shape (B, 3, H, W), float32
+    """
+    x = images.float() / 255
+    return normalise(x if generator is None else augment(x, generator))

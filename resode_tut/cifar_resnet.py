@@ -104,10 +104,6 @@ class CifarResNet(nn.Module):
         z = self.stage(self.stem(x))
         return self.head(z.mean(dim=(2, 3)))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The stage's input ``x_0 = stem(x)``, shape (B, C, H', W')."""
-        return self.stem(x)
-
 
 def untie(model: CifarResNet, depth: int, adjoint: bool | None = None) -> CifarResNet:
     """A copy of ``model`` whose stage has ``depth`` independent residual functions.

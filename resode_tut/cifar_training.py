@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .cifar_data import Cifar10, augment, normalise
+from .cifar_data import Cifar10, prepare
 from .cifar_resnet import CifarResNet
-from .memory import SavedTensorsCounter
+from .gradient_methods import relative_error, saved_bytes
+from .memory import CudaPeak
 from .progress import progress
 
 __all__ = ["METHODS", "TrainHistory", "train", "accuracy", "recalibrate_batchnorm",
@@ -47,7 +48,7 @@ def accuracy(model: nn.Module, data: Cifar10, batch: int = 1000,
     model.eval()
     correct = 0
     for i in range(0, len(data), batch):
-        x = normalise(data.images[i:i + batch].to(device).float() / 255)
+        x = prepare(data.images[i:i + batch].to(device))
         correct += (model(x).argmax(1).cpu() == data.labels[i:i + batch]).sum().item()
     model.train(was_training)
     return correct / len(data)
@@ -87,7 +88,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Cifar10, batches: int = 10,
     model.train()
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     for i in range(0, min(batches * batch, len(data)), batch):
-        model(normalise(data.images[idx[i:i + batch]].to(device).float() / 255))
+        model(prepare(data.images[idx[i:i + batch]].to(device)))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -128,7 +129,7 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
     """
     _check_method(method)
     model.to(device).train()
-    model.stage.adjoint = method == "adjoint"
+    adjoint_before, model.stage.adjoint = model.stage.adjoint, method == "adjoint"
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.1)
     gen = torch.Generator().manual_seed(seed)
@@ -141,7 +142,7 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
         total = 0.0
         for i in range(0, len(order), batch):
             idx = order[i:i + batch].to(device)
-            x = normalise(augment(images[idx].float() / 255, gen))
+            x = prepare(images[idx], gen)
             loss = nn.functional.cross_entropy(model(x), labels[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss became {loss.item()}: "
@@ -157,7 +158,7 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
         hist.train_loss.append(total / len(order))
         hist.test_accuracy.append(accuracy(model, test_data, device=device) if evaluate is None
                                   else evaluate(model))
-    model.stage.adjoint = False
+    model.stage.adjoint = adjoint_before
     return hist
 
 
@@ -178,12 +179,7 @@ def stage_saved_bytes(model: CifarResNet, x: torch.Tensor, method: str) -> int:
     """
     _check_method(method)
     model = copy.deepcopy(model).train()  # leaves the caller's BatchNorm statistics alone
-    model.stage.adjoint = method == "adjoint"
-    z = model.stem(x)
-    with SavedTensorsCounter(model) as counter:
-        out = model.stage(z)
-    del out
-    return counter.bytes
+    return saved_bytes(model.stage, model.stem(x), method)
 
 
 def cuda_step_peak_mib(model: CifarResNet, x: torch.Tensor, y: torch.Tensor,
@@ -191,17 +187,11 @@ def cuda_step_peak_mib(model: CifarResNet, x: torch.Tensor, y: torch.Tensor,
     """Peak CUDA memory (MiB) above the baseline during one training step's forward and
     backward (whole network); ``model``, ``x`` and ``y`` on a CUDA device."""
     _check_method(method)
-    if not x.is_cuda:
-        raise ValueError("cuda_step_peak_mib measures the CUDA allocator: move the model, "
-                         "x and y to a CUDA device first")
     model = copy.deepcopy(model).train()
     model.stage.adjoint = method == "adjoint"
-    torch.cuda.synchronize(x.device)
-    torch.cuda.reset_peak_memory_stats(x.device)
-    base = torch.cuda.memory_allocated(x.device)
-    nn.functional.cross_entropy(model(x), y).backward()
-    torch.cuda.synchronize(x.device)
-    return (torch.cuda.max_memory_allocated(x.device) - base) / 2 ** 20
+    with CudaPeak(x.device) as peak:
+        nn.functional.cross_entropy(model(x), y).backward()
+    return peak.mib
 
 
 def gradient_agreement(model: CifarResNet, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -236,8 +226,6 @@ def gradient_agreement(model: CifarResNet, x: torch.Tensor, y: torch.Tensor) -> 
         raise RuntimeError("backprop and the adjoint reached different parameters")
     per_tensor = [float((bp[k] - adj[k]).square().mean() / bp[k].square().mean())
                   for k in bp if k.startswith("stage.") and bp[k].square().mean() > 0]
-    num = sum(float((bp[k] - adj[k]).square().sum()) for k in bp)
-    den = sum(float(bp[k].square().sum()) for k in bp)
     per = torch.tensor(per_tensor)
     return {"per_tensor": per_tensor, "median": float(per.median()), "max": float(per.max()),
-            "total": (num / den) ** 0.5}
+            "total": relative_error(list(bp.values()), list(adj.values()))}

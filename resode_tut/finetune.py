@@ -37,8 +37,9 @@ from pathlib import Path
 
 import torch
 
-from . import adjoint, cifar_data, cifar_resnet, cifar_training, memory, stack
-from .cifar_data import SHORT_NAMES, cifar10, normalise
+from . import (adjoint, cifar_data, cifar_resnet, cifar_training, gradient_methods, memory,
+               stack)
+from .cifar_data import SHORT_NAMES, cifar10, prepare
 from .cifar_resnet import CifarResNet, untie
 from .cifar_training import METHODS, accuracy, cuda_step_peak_mib, gradient_agreement, \
     recalibrate_batchnorm, stage_saved_bytes, train
@@ -113,7 +114,7 @@ CONFIGS = {
                                gradient_depths=(4, 8, 16, 32, 64, 128, 256)),
 }
 
-_CODE = (adjoint, cifar_data, cifar_resnet, cifar_training, memory, stack)
+_CODE = (adjoint, cifar_data, cifar_resnet, cifar_training, gradient_methods, memory, stack)
 
 
 def code_version() -> str:
@@ -230,7 +231,7 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     gen = torch.Generator().manual_seed(config.seed)
     pick = torch.randperm(len(test_data), generator=gen)
     mem_idx = pick[:config.memory_batch]
-    x_mem = normalise(test_data.images[mem_idx].float() / 255).to(device)
+    x_mem = prepare(test_data.images[mem_idx]).to(device)
     y_mem = test_data.labels[mem_idx].to(device)
     mem = {"depths": list(config.memory_depths), "batch": config.memory_batch,
            "saved_bytes": {m: [] for m in METHODS}, "cuda_peak_mib": {m: [] for m in METHODS}}
@@ -243,7 +244,7 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
 
     # 4. gradient agreement against depth
     grad_idx = pick[:config.gradient_batch]
-    x_g = normalise(test_data.images[grad_idx].float() / 255).to(device)
+    x_g = prepare(test_data.images[grad_idx]).to(device)
     y_g = test_data.labels[grad_idx].to(device)
     grads = {"depths": list(config.gradient_depths), "batch": config.gradient_batch,
              "pretrained": [gradient_agreement(_depth_copy(tied, d, device), x_g, y_g)

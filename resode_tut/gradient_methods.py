@@ -22,7 +22,7 @@ from torchdiffeq import odeint_adjoint
 
 from .adjoint import discrete_adjoint, reconstruct
 from .limit import knot_position, max_state_distance
-from .memory import SavedTensorsCounter
+from .memory import CudaPeak, SavedTensorsCounter
 from .residual_functions import tanh_stack
 from .stack import ResidualStack
 
@@ -133,17 +133,10 @@ def cuda_peak_mib(stack: ResidualStack, x: torch.Tensor, method: str) -> float:
 
     ``x`` and the stack must be on a CUDA device.
     """
-    if not x.is_cuda:
-        raise ValueError("cuda_peak_mib measures the CUDA allocator: move the stack and x "
-                         "to a CUDA device (e.g. .to('cuda')) first")
-    torch.cuda.synchronize(x.device)
-    torch.cuda.reset_peak_memory_stats(x.device)
-    base = torch.cuda.memory_allocated(x.device)
-    _loss(forward_with(stack, x.detach().requires_grad_(True), method)).backward()
-    torch.cuda.synchronize(x.device)
-    peak = torch.cuda.max_memory_allocated(x.device) - base
+    with CudaPeak(x.device) as peak:
+        _loss(forward_with(stack, x.detach().requires_grad_(True), method)).backward()
     stack.zero_grad(set_to_none=True)
-    return peak / 2 ** 20
+    return peak.mib
 
 
 def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int = 5) -> float:

@@ -6,13 +6,16 @@ saves during the forward pass.  Storages are counted once however many tensors
 view them, and parameters are left out (they are held by the model anyway): what
 remains is the activation memory of backpropagation.  The count is exact and
 does not depend on the device, unlike process memory.
+
+:class:`CudaPeak` measures the other quantity, on a GPU: the peak of the CUDA
+allocator inside a block, above its level at entry.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["SavedTensorsCounter"]
+__all__ = ["SavedTensorsCounter", "CudaPeak"]
 
 
 class SavedTensorsCounter:
@@ -61,4 +64,43 @@ class SavedTensorsCounter:
 
     def __exit__(self, *exc):
         self._hooks.__exit__(*exc)
+        return False
+
+
+class CudaPeak:
+    """Context manager: peak CUDA memory (MiB) allocated inside the block, above the
+    memory allocated when it was entered.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        A CUDA device.
+
+    Attributes
+    ----------
+    mib : float
+        Set on exit.
+
+    Raises
+    ------
+    ValueError
+        ``device`` is not a CUDA device.
+    """
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"CudaPeak measures the CUDA allocator, got device {self.device}: "
+                             "move the model and its inputs to a CUDA device first")
+        self.mib = float("nan")
+
+    def __enter__(self):
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._base = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize(self.device)
+        self.mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2 ** 20
         return False
