@@ -47,9 +47,24 @@ def initial_step_size(field, x: torch.Tensor, order: int = 1) -> float:
     return float(min(100 * h0, h1, 1.0))
 
 
-def _batch_accuracy(model, x, y, solver):
-    with torch.no_grad():
-        return (model(x, solver).argmax(1) == y).double().mean().item()
+def _halve_keep_or_grow(model, x, y, train: Solver, test: Solver, grown: Solver,
+                        threshold: float):
+    """The paper's check on a batch: ``"halve"`` when the training solver and the test
+    solver disagree by more than ``threshold``, else ``"grow"`` when the ``grown``
+    (cheaper) solver still agrees with the test solver, else ``"keep"``.
+
+    Returns
+    -------
+    (action, acc_train, acc_test)
+    """
+    acc_train, acc_test = model.accuracy(x, y, train), model.accuracy(x, y, test)
+    if abs(acc_train - acc_test) > threshold:
+        action = "halve"
+    elif abs(acc_test - model.accuracy(x, y, grown)) > threshold:
+        action = "keep"
+    else:
+        action = "grow"
+    return action, acc_train, acc_test
 
 
 class StepSizeAdapter:
@@ -90,21 +105,15 @@ class StepSizeAdapter:
     def update(self, model: NeuralODE, x: torch.Tensor, y: torch.Tensor) -> None:
         """Check the current step on the batch ``(x, y)`` and adapt it."""
         h = self.step_size
-        acc_train = _batch_accuracy(model, x, y, Solver("euler", h))
-        acc_test = _batch_accuracy(model, x, y, self.test_solver(h))
-        if abs(acc_train - acc_test) > self.threshold:
-            h, action = max(h / 2, 1 / self.max_steps), "halve"
-        else:
-            h_new = min(1.1 * h, 1.0)
-            acc_new = _batch_accuracy(model, x, y, Solver("euler", h_new))
-            if abs(acc_test - acc_new) > self.threshold:
-                action = "keep"
-            else:
-                h, action = h_new, "grow"
-        self.log.append(dict(step_size=self.step_size, acc_train=acc_train,
-                             acc_test=acc_test, action=action))
-        self.step_size = h
-        model.solver = Solver("euler", h)
+        grown = min(1.1 * h, 1.0)
+        action, acc_train, acc_test = _halve_keep_or_grow(
+            model, x, y, Solver("euler", h), self.test_solver(h), Solver("euler", grown),
+            self.threshold)
+        self.log.append(dict(step_size=h, acc_train=acc_train, acc_test=acc_test,
+                             action=action))
+        self.step_size = {"halve": max(h / 2, 1 / self.max_steps), "keep": h,
+                          "grow": grown}[action]
+        model.solver = Solver("euler", self.step_size)
 
 
 class ToleranceAdapter:
@@ -136,17 +145,9 @@ class ToleranceAdapter:
 
     def update(self, model: NeuralODE, x: torch.Tensor, y: torch.Tensor) -> None:
         tol = self.tol
-        acc_train = _batch_accuracy(model, x, y, Solver(self.method, tol=tol))
-        acc_test = _batch_accuracy(model, x, y, Solver(self.test_method, tol=tol / 10))
-        if abs(acc_train - acc_test) > self.threshold:
-            tol, action = tol / 2, "halve"
-        else:
-            acc_new = _batch_accuracy(model, x, y, Solver(self.method, tol=1.1 * tol))
-            if abs(acc_test - acc_new) > self.threshold:
-                action = "keep"
-            else:
-                tol, action = 1.1 * tol, "grow"
-        self.log.append(dict(tol=self.tol, acc_train=acc_train, acc_test=acc_test,
-                             action=action))
-        self.tol = tol
-        model.solver = Solver(self.method, tol=tol)
+        action, acc_train, acc_test = _halve_keep_or_grow(
+            model, x, y, Solver(self.method, tol=tol), Solver(self.test_method, tol=tol / 10),
+            Solver(self.method, tol=1.1 * tol), self.threshold)
+        self.log.append(dict(tol=tol, acc_train=acc_train, acc_test=acc_test, action=action))
+        self.tol = {"halve": tol / 2, "keep": tol, "grow": 1.1 * tol}[action]
+        model.solver = Solver(self.method, tol=self.tol)

@@ -13,6 +13,11 @@ def _orient(a, b, c):
                    - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
 
 
+def _cross(a, b, c, d):
+    """Segments [a, b] and [c, d] properly intersect (broadcast over leading axes)."""
+    return (_orient(a, b, c) * _orient(a, b, d) < 0) & (_orient(c, d, a) * _orient(c, d, b) < 0)
+
+
 def crossing_pairs(trajectories: torch.Tensor, same_step: bool = True,
                    chunk: int = 512) -> list[tuple[int, int]]:
     """Pairs of trajectories whose polylines properly intersect.
@@ -43,8 +48,7 @@ def crossing_pairs(trajectories: torch.Tensor, same_step: bool = True,
     if same_step:   # (T-1, B, 1) against (T-1, 1, B): each step with itself
         a, b = traj[:-1, :, None], traj[1:, :, None]
         c, d = traj[:-1, None], traj[1:, None]
-        hit = ((_orient(a, b, c) * _orient(a, b, d) < 0)
-               & (_orient(c, d, a) * _orient(c, d, b) < 0)).any(axis=0)
+        hit = _cross(a, b, c, d).any(axis=0)
         i, j = np.nonzero(np.triu(hit | hit.T, k=1))
         return sorted(zip(i.tolist(), j.tolist()))
     p = traj[:-1].reshape(-1, 2)          # segment starts, (S, 2), S = (T-1) B
@@ -54,8 +58,7 @@ def crossing_pairs(trajectories: torch.Tensor, same_step: bool = True,
     for s in range(0, len(p), chunk):
         a, b, o = p[s:s + chunk, None], q[s:s + chunk, None], owner[s:s + chunk, None]
         c, d = p[None], q[None]
-        hit = ((_orient(a, b, c) * _orient(a, b, d) < 0)
-               & (_orient(c, d, a) * _orient(c, d, b) < 0) & (o < owner[None]))
+        hit = _cross(a, b, c, d) & (o < owner[None])
         i, j = np.nonzero(hit)
         pairs.update(zip(o[i, 0].tolist(), owner[j].tolist()))
     return sorted(pairs)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
+from .limit import max_state_distance
 from .residual_functions import tanh_mean_weights
 
 __all__ = ["tanh_mean_fields", "iid_plateau"]
@@ -105,4 +106,4 @@ def iid_plateau(seed: int, x0: torch.Tensor, dim: int = 2, rel_noise: float = 1.
     with torch.no_grad():
         resnet_limit = odeint(F, x0, t, **opts)
         ode_limit = odeint(F_tilde, x0, t, **opts)
-    return (resnet_limit - ode_limit).norm(dim=-1).amax(dim=0)
+    return max_state_distance(resnet_limit, ode_limit)
