@@ -28,10 +28,12 @@ import argparse
 import copy
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,7 +48,7 @@ from .cifar_training import METHODS, accuracy, cuda_step_peak_mib, gradient_agre
 from .runtime import seed_everything
 
 __all__ = ["FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
-           "code_version", "default_results_dir", "stale_results", "plot_accuracy", "plot_memory",
+           "code_version", "default_results_dir", "validate", "stale_results", "plot_accuracy", "plot_memory",
            "plot_gradients", "plot", "summary", "main"]
 
 
@@ -196,7 +198,7 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         raise ValueError(f"unknown device {device!r} ({err}): use 'cpu' or 'cuda'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but torch sees no GPU: use --device cpu")
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), _load_average()
     seed_everything(config.seed)
     train_data = _split(data_root, True, config.train_images, config.seed, download)
     test_data = _split(data_root, False, config.test_images, config.seed, download)
@@ -264,18 +266,89 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         "finetune": {"depth": config.depth, **curves},
         "memory": mem, "gradients": grads,
         "seconds": time.perf_counter() - t_start,
+        "load_average": [load_start, _load_average()],
     }
+
+
+def _load_average() -> float:
+    """The 1-minute load average (NaN where the OS has none): wall times are read with it."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
+
+
+def validate(result: dict, config: FinetuneConfig | str) -> str | None:
+    """What is wrong with a result of ``config``, or ``None`` if it is complete.
+
+    A result is complete when it carries this configuration's key, every section
+    :func:`run` writes, one accuracy per epoch (plus the start) for both methods, one
+    measurement per depth, and only finite numbers (a load average may be NaN).
+    """
+    config = _config(config)
+    sections = ("config", "key", "code", "device", "data_source", "pretrain", "finetune",
+                "memory", "gradients", "seconds", "load_average")
+    missing = [k for k in sections if k not in result]
+    if missing:
+        return f"missing {missing}"
+    as_json = lambda obj: json.loads(json.dumps(obj))
+    if as_json(result["config"]) != as_json(asdict(config)):
+        return "written for another configuration"
+    try:
+        for m in METHODS:
+            if len(result["finetune"][m]["test_accuracy"]) != config.epochs + 1:
+                return (f"{m}: {len(result['finetune'][m]['test_accuracy']) - 1} of "
+                        f"{config.epochs} epochs")
+            if len(result["memory"]["saved_bytes"][m]) != len(config.memory_depths):
+                return f"{m}: memory measured at too few depths"
+        if len(result["gradients"]["pretrained"]) != len(config.gradient_depths):
+            return "gradients measured at too few depths"
+        result["gradients"]["finetuned"][METHODS[0]]["median"]
+    except (KeyError, TypeError, IndexError) as err:
+        return f"malformed ({type(err).__name__}: {err})"
+
+    def numbers(obj):
+        if isinstance(obj, dict):
+            for v in obj.values():
+                yield from numbers(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from numbers(v)
+        elif isinstance(obj, float):
+            yield obj
+    bad = [v for k, v in result.items() if k != "load_average"
+           for v in numbers(v) if not math.isfinite(v)]
+    return f"{len(bad)} non-finite numbers" if bad else None
+
+
+def _read(path: Path, config: FinetuneConfig, device) -> dict | None:
+    """The result in ``path`` if it is current and complete; ``None`` (with a warning
+    for a damaged or incomplete file) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        warnings.warn(f"ignoring the damaged result file {path} ({err}): it is recomputed",
+                      stacklevel=3)
+        return None
+    if not isinstance(result, dict) or result.get("key") != cache_key(config, device):
+        return None
+    problem = validate(result, config)
+    if problem is not None:
+        warnings.warn(f"ignoring the incomplete result file {path} ({problem}): it is "
+                      "recomputed", stacklevel=3)
+        return None
+    return result
 
 
 def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
          out_dir=None) -> dict | None:
-    """The cached result for this configuration, device type and code, or ``None``."""
+    """The cached result for this configuration, device type and code, or ``None``
+    (also, with a warning, for a damaged or incomplete file)."""
     config = _config(config)
-    path = _path(config, device, default_results_dir() if out_dir is None else out_dir)
-    if not path.is_file():
-        return None
-    result = json.loads(path.read_text())
-    return result if result.get("key") == cache_key(config, device) else None
+    return _read(_path(config, device, default_results_dir() if out_dir is None else out_dir),
+                 config, device)
 
 
 def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
@@ -291,15 +364,31 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
                   out_dir=None, data_root=None, download: bool = False,
                   force: bool = False) -> dict:
     """:func:`load` the result if cached (same configuration, device type, code),
-    else :func:`run` it and write it (JSON) under ``out_dir``."""
+    else :func:`run` it and write it (JSON, atomically) under ``out_dir``.
+
+    Returns
+    -------
+    dict
+        The result, plus ``path`` (its file) and ``cached`` (True when it was loaded).
+        A result that fails :func:`validate` is never written; a damaged or incomplete
+        file is recomputed with a warning.
+    """
     config = _config(config)
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
-    result = None if force else load(config, device, out_dir)
+    path = _path(config, device, out_dir)
+    result = None if force else _read(path, config, device)
+    cached = result is not None
     if result is None:
         result = run(config, device, data_root, download)
+        problem = validate(result, config)
+        if problem is not None:
+            raise RuntimeError(f"the run gave an incomplete result ({problem}); not cached")
         out_dir.mkdir(parents=True, exist_ok=True)
-        _path(config, device, out_dir).write_text(json.dumps(result, indent=1))
-    return result
+        # atomic: a reader sees the old file or the whole new one, never half of it
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
+    return dict(result, path=str(path), cached=cached)
 
 
 # -- figures -------------------------------------------------------------------

@@ -4,6 +4,15 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export RESODE_MODE=${RESODE_MODE:-full}
-echo "== building the book (RESODE_MODE=$RESODE_MODE)"
-jupyter-book build --all -W -n --keep-going .
-echo "== book written to $PWD/_build/html/index.html"
+echo "== building the book (RESODE_MODE=$RESODE_MODE, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a))"
+start=$SECONDS
+status=0
+jupyter-book build --all -W -n --keep-going . || status=$?
+# The execution reports (tracebacks with local paths) are for the builder, not the site.
+rm -rf _build/reports
+[ -d _build/html/reports ] && mv _build/html/reports _build/reports
+if [ "$status" != 0 ]; then
+    bash "$(dirname "${BASH_SOURCE[0]}")/explain_failure.sh" >&2
+    exit "$status"
+fi
+echo "== book written to $PWD/_build/html/index.html in $((SECONDS - start)) s"

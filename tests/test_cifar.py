@@ -298,6 +298,104 @@ def test_command_line_runs_writes_and_serves_only_current_results(tmp_path, monk
     assert finetune.load(TINY, "cpu", out) is None
 
 
+def _fake_result(config, device="cpu"):
+    """A complete result of ``config`` with made-up numbers (for cache tests only)."""
+    methods = finetune.METHODS
+    return {"config": json.loads(json.dumps(finetune.asdict(config))),
+            "key": finetune.cache_key(config, device), "code": finetune.code_version(),
+            "device": "cpu", "data_source": "test", "train_images": 1, "test_images": 1,
+            "pretrain": {"depth": config.pretrain_depth, "test_accuracy": [0.5],
+                         "train_loss": [1.0], "seconds": [1.0], "accuracy_at_depth": {},
+                         "accuracy_shared_statistics": 0.4},
+            "finetune": {"depth": config.depth,
+                         **{m: {"test_accuracy": [0.5] * (config.epochs + 1),
+                                "train_loss": [1.0] * config.epochs,
+                                "seconds": [1.0] * config.epochs} for m in methods}},
+            "memory": {"depths": list(config.memory_depths), "batch": 1,
+                       "saved_bytes": {m: [1] * len(config.memory_depths) for m in methods},
+                       "cuda_peak_mib": {m: [] for m in methods}},
+            "gradients": {"depths": list(config.gradient_depths), "batch": 1,
+                          "pretrained": [{"median": 0.1}] * len(config.gradient_depths),
+                          "finetuned": {m: {"median": 0.1} for m in methods}},
+            "seconds": 1.0, "load_average": [float("nan"), 0.5]}
+
+
+def test_validate_names_what_is_missing_or_not_finite():
+    good = _fake_result(TINY)
+    assert finetune.validate(good, TINY) is None
+    assert "missing ['memory']" in finetune.validate(
+        {k: v for k, v in good.items() if k != "memory"}, TINY)
+    short = json.loads(json.dumps(good))
+    short["finetune"]["adjoint"]["test_accuracy"].pop()
+    assert "adjoint: 0 of 1 epochs" in finetune.validate(short, TINY)
+    nan = json.loads(json.dumps(good))
+    nan["gradients"]["pretrained"][0] = {"median": float("nan")}
+    assert "1 non-finite" in finetune.validate(nan, TINY)
+    assert "another configuration" in finetune.validate(good, finetune.CONFIGS["quick"])
+
+
+def test_damaged_or_incomplete_cache_files_are_recomputed_with_a_warning(tmp_path, monkeypatch):
+    runs = []
+    monkeypatch.setattr(finetune, "run", lambda *a, **k: runs.append(1) or _fake_result(TINY))
+    first = finetune.train_or_load(TINY, "cpu", tmp_path)
+    assert runs == [1] and not first["cached"]
+    path = Path(first["path"])
+    assert finetune.train_or_load(TINY, "cpu", tmp_path)["cached"] and runs == [1]
+    for damage in (path.read_text()[:200], "", json.dumps({**_fake_result(TINY),
+                                                            "memory": None})):
+        path.write_text(damage)
+        with pytest.warns(UserWarning, match=f"ignoring the (damaged|incomplete) result file"):
+            assert finetune.load(TINY, "cpu", tmp_path) is None
+        with pytest.warns(UserWarning):
+            assert not finetune.train_or_load(TINY, "cpu", tmp_path)["cached"]
+        assert finetune.validate(json.loads(path.read_text()), TINY) is None  # repaired
+    assert len(runs) == 4
+
+
+def test_an_incomplete_run_is_never_cached(tmp_path, monkeypatch):
+    broken = _fake_result(TINY)
+    broken["finetune"]["backprop"]["test_accuracy"] = [float("nan")] * (TINY.epochs + 1)
+    monkeypatch.setattr(finetune, "run", lambda *a, **k: broken)
+    with pytest.raises(RuntimeError, match="non-finite.*not cached"):
+        finetune.train_or_load(TINY, "cpu", tmp_path)
+    assert not list(tmp_path.glob("*.json"))
+
+
+_WRITER = """
+import sys, json
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from resode_tut import finetune
+import test_cifar
+tiny = test_cifar.TINY
+result = test_cifar._fake_result(tiny)
+result["pad"] = "x" * 2_000_000          # a large file: a torn write would be seen
+finetune.run = lambda *a, **k: result
+for _ in range(15):
+    finetune.train_or_load(tiny, "cpu", {out!r}, force=True)
+"""
+
+
+def test_two_writers_and_a_reader_never_see_half_a_file(tmp_path):
+    import subprocess
+    import sys
+
+    code = _WRITER.format(root=str(Path(__file__).parent), out=str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    writers = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
+    seen = 0
+    while any(w.poll() is None for w in writers):
+        for path in tmp_path.glob("finetune-*.json"):
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue
+            json.loads(text)        # never a JSONDecodeError: the file is whole
+            seen += 1
+    assert [w.wait() for w in writers] == [0, 0]
+    assert seen > 0 and not list(tmp_path.glob(".*.tmp"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_peak_of_the_adjoint_is_below_backprop():
     from resode_tut.cifar_training import cuda_step_peak_mib

@@ -22,3 +22,20 @@ def test_setup_seeds_everything(monkeypatch):
     a = torch.randn(3)
     setup(seed=11)
     torch.testing.assert_close(torch.randn(3), a)
+
+
+def test_setup_fixes_the_thread_count(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("RESODE_THREADS", raising=False)
+        assert setup().threads == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("RESODE_THREADS", "2")
+        assert setup().threads == 2 and torch.get_num_threads() == 2
+        assert setup(threads=1).threads == 1
+        monkeypatch.setenv("RESODE_THREADS", "two")
+        with pytest.raises(ValueError, match="RESODE_THREADS='two'"):
+            setup()
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            setup(threads=0)
+    finally:
+        torch.set_num_threads(before)
