@@ -1,52 +1,65 @@
 """resode_tut: residual networks as discretised Neural ODEs.
 
-The companion package of the resode-tut book.  Public API:
+The library of the resode-tut book (``import resode_tut as rt``).  Everything
+below is importable from ``rt`` directly; the chapters' sweeps, training runs
+and plots live apart, in :mod:`resode_tut.experiments` (never imported here).
 
-* :class:`ResidualStack` -- residual layers as Euler or Heun steps on [0, 1];
-* :func:`solve_limit_ode`, :func:`ode_distance` -- the Neural ODE a stack
-  discretises, and how far the stack is from it;
-* :class:`TanhLayer`, :func:`tanh_stack`, :func:`weight_path` -- residual
-  functions and weights that are smooth or i.i.d. in depth;
-* :func:`euler_distance_bound` -- a computable Gronwall bound;
-* :class:`LinearResNet`, :func:`train_gd`, :func:`smoothness`,
-  :func:`linear_sweep` -- linear ResNets trained by gradient descent (chapter 2);
-* :func:`setup` -- run mode (``RESODE_MODE``), device and seeds.
+Residual networks as ODE solvers (Sander et al., 2022)
+    :class:`ResidualStack` -- residual layers as Euler or Heun steps on [0, 1],
+    optionally trained with the memory-free discrete adjoint (``adjoint=True``);
+    :func:`reconstruct`, :func:`reverse_step`, :class:`ReconstructionError` -- the
+    adjoint's backward reconstruction;
+    :func:`solve_limit_ode`, :func:`ode_distance`, :class:`InterpolatedField` -- the
+    Neural ODE a stack discretises and how far the stack is from it;
+    :func:`euler_distance_bound` -- a computable Gronwall bound on that distance;
+    :class:`TanhLayer`, :func:`tanh_stack`, :func:`weight_path` -- residual functions
+    and weights that are smooth or i.i.d. in depth;
+    :class:`CifarResNet`, :func:`untie`, :func:`recalibrate_batchnorm` -- a CIFAR
+    ResNet whose tied stage can be untied into a deep one.
 
-Chapter 6 (CIFAR-10): :func:`resode_tut.data.cifar10`, :mod:`resode_tut.cifar_resnet`
-(``CifarResNet``, ``untie``), :mod:`resode_tut.cifar_training` and
-:mod:`resode_tut.finetune` (the experiment, its cache and ``python -m resode_tut.finetune``).
+Neural ODEs and their solvers (Ott et al., 2021)
+    :class:`Solver` -- one name for an ODE solver (method and step, or tolerances);
+    :class:`NeuralODE`, :class:`SphereField`, :class:`ImageField` -- classifiers
+    whose prediction may depend on the solver; :func:`train_node` -- their training
+    loop; :class:`StepSizeAdapter`, :class:`ToleranceAdapter` -- keep training in the
+    ODE regime; :func:`ode_regime` -- is a trained model an ODE?
+
+Data sets, measurement, set-up
+    :mod:`resode_tut.datasets` -- concentric spheres, XOR, digits, CIFAR-10;
+    :class:`SavedTensorsCounter`, :class:`CudaPeak` -- memory kept for backward and
+    CUDA peaks; :func:`loglog_slope` -- convergence rates; :func:`setup` -- run mode
+    (``RESODE_MODE``), device, threads and seeds.
 """
-from . import cifar_resnet, cifar_training, classifier, data, gradient_methods, memory, node
-from .adjoint import ReconstructionError, discrete_adjoint, reconstruct, reverse_step
+from . import datasets
+from .adaptation import StepSizeAdapter, ToleranceAdapter, initial_step_size
+from .adjoint import ReconstructionError, reconstruct, reverse_step
 from .bounds import euler_distance_bound
-from .discretisation import DistanceSweep, distance_sweep
-from .linear import (GDHistory, LinearResidual, LinearResNet, LinearSweep, linear_sweep,
-                     paper_target, smoothness, train_gd)
-from .limit import InterpolatedField, ode_distance, solve_limit_ode
-from .mean_field import iid_plateau, tanh_mean_fields
-from .plots import depth_axis
+from .cifar_resnet import CifarResNet, ConvResidual, recalibrate_batchnorm, untie
+from .limit import LIMIT_SOLVER, InterpolatedField, ode_distance, solve_limit_ode
+from .memory import CudaPeak, SavedTensorsCounter
+from .node import ImageField, NeuralODE, SphereField
+from .node_training import NodeHistory, train_node
+from .ode_regime import RegimeReport, ode_regime
 from .rates import loglog_slope
-from .residual_functions import TanhLayer, tanh_mean_weights, tanh_stack
-from .runtime import Runtime, get_mode, seed_everything, setup
+from .residual_functions import TanhLayer, tanh_stack
+from .runtime import Runtime, get_mode, get_threads, seed_everything, setup
+from .solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, SOLVERS, Solver
 from .stack import SCHEMES, ResidualStack
 from .weights import WEIGHT_KINDS, total_variation, weight_path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "ResidualStack", "SCHEMES", "discrete_adjoint", "reconstruct", "reverse_step", "ReconstructionError", "InterpolatedField", "solve_limit_ode", "ode_distance",
-    "TanhLayer", "tanh_stack", "tanh_mean_weights", "iid_plateau", "tanh_mean_fields", "weight_path", "total_variation", "WEIGHT_KINDS",
-    "euler_distance_bound", "DistanceSweep", "distance_sweep", "loglog_slope", "depth_axis",
-    "LinearResidual", "LinearResNet", "GDHistory", "LinearSweep", "linear_sweep", "train_gd",
-    "smoothness", "paper_target",
-    "Runtime", "setup", "get_mode", "seed_everything", "__version__",
+    # residual networks as ODE solvers
+    "ResidualStack", "SCHEMES", "reconstruct", "reverse_step", "ReconstructionError",
+    "solve_limit_ode", "ode_distance", "InterpolatedField", "LIMIT_SOLVER",
+    "euler_distance_bound", "TanhLayer", "tanh_stack", "weight_path", "total_variation",
+    "WEIGHT_KINDS", "CifarResNet", "ConvResidual", "untie", "recalibrate_batchnorm",
+    # Neural ODEs and their solvers
+    "Solver", "SOLVERS", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "NeuralODE",
+    "SphereField", "ImageField", "train_node", "NodeHistory", "StepSizeAdapter",
+    "ToleranceAdapter", "initial_step_size", "ode_regime", "RegimeReport",
+    # data, measurement, set-up
+    "datasets", "SavedTensorsCounter", "CudaPeak", "loglog_slope", "setup", "Runtime",
+    "get_mode", "get_threads", "seed_everything", "__version__",
 ]
-
-
-def __getattr__(name):
-    # imported on first use, so that `python -m resode_tut.bench` (or .finetune) runs it fresh
-    if name in ("bench", "finetune"):
-        import importlib
-
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

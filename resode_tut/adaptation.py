@@ -94,7 +94,15 @@ class StepSizeAdapter:
         self.log = []
 
     def start(self, model: NeuralODE, x: torch.Tensor) -> None:
-        """Set the initial step from the heuristic on the first batch ``x``."""
+        """Set the initial step from the heuristic on the first batch.
+
+        Parameters
+        ----------
+        model : NeuralODE
+            Its ``solver`` becomes Euler at the initial step.
+        x : torch.Tensor, shape (B, ...)
+            The first batch.
+        """
         self.step_size = max(initial_step_size(model.field, x, order=1), 1 / self.max_steps)
         model.solver = Solver("euler", self.step_size)
 
@@ -103,7 +111,16 @@ class StepSizeAdapter:
         return Solver("midpoint", h if 1 / h > 50 else math.sqrt(h / 50))
 
     def update(self, model: NeuralODE, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Check the current step on the batch ``(x, y)`` and adapt it."""
+        """Check the current step on a batch and adapt it.
+
+        Parameters
+        ----------
+        model : NeuralODE
+            Its ``solver`` is replaced by Euler at the adapted step.
+        x : torch.Tensor, shape (B, ...)
+        y : torch.Tensor, shape (B,)
+            Class indices.
+        """
         h = self.step_size
         grown = min(1.1 * h, 1.0)
         action, acc_train, acc_test = _halve_keep_or_grow(
@@ -129,8 +146,11 @@ class ToleranceAdapter:
     tol : float
         Initial ``rtol = atol``.
     test_method : str
+        The more accurate solver the training solver is checked against.
     threshold : float
+        Largest tolerated batch-accuracy gap (fraction).
     every : int
+        Iterations between checks.
     """
 
     def __init__(self, method: str = "fehlberg2", tol: float = 1e-6,
@@ -141,9 +161,26 @@ class ToleranceAdapter:
         self.log = []
 
     def start(self, model: NeuralODE, x: torch.Tensor) -> None:
+        """Set ``model.solver`` to the training method at the initial tolerance.
+
+        Parameters
+        ----------
+        model : NeuralODE
+        x : torch.Tensor, shape (B, ...)
+            The first batch (unused: the tolerance does not depend on it).
+        """
         model.solver = Solver(self.method, tol=self.tol)
 
     def update(self, model: NeuralODE, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Check the current tolerance on the batch ``(x, y)`` and adapt it.
+
+        Parameters
+        ----------
+        model : NeuralODE
+            Its ``solver`` is replaced by the adapted one.
+        x : torch.Tensor, shape (B, ...)
+        y : torch.Tensor, shape (B,)
+        """
         tol = self.tol
         action, acc_train, acc_test = _halve_keep_or_grow(
             model, x, y, Solver(self.method, tol=tol), Solver(self.test_method, tol=tol / 10),

@@ -19,9 +19,10 @@ import copy
 import torch
 from torch import nn
 
+from .datasets.cifar import Cifar10, prepare
 from .stack import ResidualStack
 
-__all__ = ["ConvResidual", "CifarResNet", "untie"]
+__all__ = ["ConvResidual", "CifarResNet", "untie", "recalibrate_batchnorm"]
 
 
 class ConvResidual(nn.Module):
@@ -49,6 +50,7 @@ class ConvResidual(nn.Module):
             nn.init.zeros_(self.bn2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``f(x)``, shape (B, C, H, W) -> (B, C, H, W)."""
         return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
 
 
@@ -98,6 +100,7 @@ class CifarResNet(nn.Module):
         self.tied = tied
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape (B, 3, H, W) images -> (B, 10)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"CifarResNet expects images of shape (B, 3, H, W), got "
                              f"{tuple(x.shape)}")
@@ -137,3 +140,51 @@ def untie(model: CifarResNet, depth: int, adjoint: bool | None = None) -> CifarR
                               adjoint=old.adjoint if adjoint is None else adjoint)
     new.tied = False
     return new
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Cifar10, batches: int = 10,
+                          batch: int = 256, seed: int = 0,
+                          device: str | torch.device = "cpu") -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from training images.
+
+    A BatchNorm shared by all the steps of a tied stage sees a different input
+    distribution at every step, and its running averages fit none of them;
+    after :func:`untie` each copy needs the statistics
+    of its own step.  This resets them and averages the batch statistics of
+    ``batches`` forward passes (train mode, no gradient, no augmentation, no
+    parameter change).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Changed in place (buffers only) and returned.
+    data : resode_tut.datasets.Cifar10
+        Training images.
+    batches : int
+        Forward passes averaged.
+    batch : int
+        Images per pass.
+    seed : int
+        Seeds the choice of images.
+    device : str or torch.device
+        Where ``model`` lives.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the passes below
+    was_training = model.training
+    model.train()
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    for i in range(0, min(batches * batch, len(data)), batch):
+        model(prepare(data.images[idx[i:i + batch]].to(device)))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return model

@@ -18,14 +18,15 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 from torchdiffeq import odeint
-from torchdiffeq._impl.odeint import SOLVERS
 
+from .solvers import Solver
 from .stack import ResidualStack
 
-__all__ = ["InterpolatedField", "solve_limit_ode", "ode_distance", "knot_position",
-           "max_state_distance"]
+__all__ = ["InterpolatedField", "LIMIT_SOLVER", "solve_limit_ode", "ode_distance",
+           "knot_position", "max_state_distance"]
 
-_ADAPTIVE = {"dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun"}
+#: The default solver of the limit ODE: dopri5, forced to step on every knot.
+LIMIT_SOLVER = Solver("dopri5", tol=1e-7, atol=1e-9)
 
 
 def knot_position(t: float, h: float, M: int) -> tuple[int, float]:
@@ -96,28 +97,40 @@ class InterpolatedField(nn.Module):
                 for k, v in self.theta.items()}
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The field at time ``t``.
+
+        Parameters
+        ----------
+        t : torch.Tensor, shape ()
+            Time in [0, 1].
+        x : torch.Tensor, shape (B, ...)
+            State.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, ...)
+            ``f(x, theta(t))``.
+        """
         return functional_call(self._base, self.theta_at(t), (x,))
 
 
 def solve_limit_ode(stack: ResidualStack, x0: torch.Tensor, t: torch.Tensor | None = None,
-                    method: str = "dopri5", rtol: float = 1e-7,
-                    atol: float = 1e-9) -> torch.Tensor:
+                    solver: Solver = LIMIT_SOLVER) -> torch.Tensor:
     """Solve the stack's limit ODE and return it at the stack's times.
 
     Parameters
     ----------
     stack : ResidualStack
+        Its functions must share one class and parameter shapes.
     x0 : torch.Tensor, shape (B, ...)
         Initial value, the same input the stack takes.
     t : torch.Tensor, shape (T,), optional
-        Increasing output times in [0, 1], starting at 0; default
-        ``stack.times``.
-    method : str
-        A ``torchdiffeq`` solver.  Adaptive solvers (the default, ``dopri5``)
-        are forced to step on every knot ``t_n``, where ``theta(t)`` has a kink.
-    rtol, atol : float
-        Tolerances of an adaptive solver.  Use float64 inputs for tolerances
-        below about 1e-6.
+        Increasing output times in [0, 1], starting at 0; default ``stack.times``.
+    solver : Solver
+        Default :data:`LIMIT_SOLVER` (dopri5, ``rtol = 1e-7``, ``atol = 1e-9``).  An
+        adaptive solver is forced to step on every knot ``t_n``, where ``theta(t)`` has a
+        kink; a fixed-step one takes its own ``step_size``.  Use float64 inputs for
+        tolerances below about 1e-6.
 
     Returns
     -------
@@ -125,22 +138,25 @@ def solve_limit_ode(stack: ResidualStack, x0: torch.Tensor, t: torch.Tensor | No
         ``out[k] = x(t[k])``; by default ``T = stack.num_steps + 1`` and
         ``out[n] = x(t_n)`` at the stack's times.
     """
-    if method not in SOLVERS:
-        raise ValueError(f"unknown solver {method!r}: torchdiffeq offers {sorted(SOLVERS)}")
+    if not isinstance(stack, ResidualStack):
+        raise TypeError(f"stack must be a resode_tut.ResidualStack, got {type(stack).__name__}")
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be a resode_tut.Solver, e.g. Solver('dopri5', tol=1e-7), "
+                        f"got {solver!r}")
+    if next(stack.parameters(), None) is None:
+        raise ValueError("the stack has no parameters: its limit ODE has no weight path")
     if not torch.isfinite(x0).all():
         raise ValueError("x0 contains NaN or infinite values")
     field = InterpolatedField(stack).to(x0.device)
     t = stack.times if t is None else torch.as_tensor(t)
-    if t.dim() != 1 or t[0] != 0 or (t.diff() <= 0).any() or t[-1] > 1:
-        raise ValueError("t must be increasing times in [0, 1] starting at 0")
+    if (t.dim() != 1 or len(t) == 0 or not torch.isfinite(t).all() or t[0] != 0
+            or (t.diff() <= 0).any() or t[-1] > 1):
+        raise ValueError("t must be increasing, finite times in [0, 1] starting at 0")
     t = t.to(device=x0.device, dtype=x0.dtype)
-    options = {}
-    if method in _ADAPTIVE:
-        options["step_t"] = field.knots.to(device=x0.device, dtype=x0.dtype)
-    else:
-        options["step_size"] = stack.h / 8
+    options = {"step_t": field.knots.to(device=x0.device, dtype=x0.dtype)} \
+        if solver.adaptive else {}
     with torch.no_grad():
-        return odeint(field, x0, t, method=method, rtol=rtol, atol=atol, options=options)
+        return odeint(field, x0, t, **solver.odeint_kwargs(**options))
 
 
 def ode_distance(stack: ResidualStack, x0: torch.Tensor, **solver_kwargs) -> torch.Tensor:
@@ -151,7 +167,7 @@ def ode_distance(stack: ResidualStack, x0: torch.Tensor, **solver_kwargs) -> tor
     stack : ResidualStack
     x0 : torch.Tensor, shape (B, ...)
     **solver_kwargs
-        Passed to :func:`solve_limit_ode`.
+        ``t`` or ``solver``, passed to :func:`solve_limit_ode`.
 
     Returns
     -------

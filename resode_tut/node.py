@@ -16,60 +16,13 @@ Both use Kaiming-normal weights and zero biases.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torchdiffeq import odeint
 
-__all__ = ["FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "SOLVERS", "Solver", "SphereField",
-           "ImageField", "NeuralODE"]
+from .solvers import Solver
 
-FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
-ADAPTIVE_SOLVERS = ("fehlberg2", "dopri5")
-SOLVERS = FIXED_STEP_SOLVERS + ADAPTIVE_SOLVERS
-_ORDER = {"euler": 1, "midpoint": 2, "rk4": 4, "fehlberg2": 2, "dopri5": 5}
-
-
-@dataclass(frozen=True)
-class Solver:
-    """An ODE solver for ``t`` in [0, 1]: a fixed-step method with ``step_size``, or
-    an adaptive one with ``tol`` (``rtol = atol = tol``).
-
-    Examples
-    --------
-    >>> Solver("euler", step_size=1/8), Solver("dopri5", tol=1e-6)
-    """
-
-    method: str
-    step_size: float | None = None
-    tol: float | None = None
-
-    def __post_init__(self):
-        if self.method not in SOLVERS:
-            raise ValueError(f"unknown solver {self.method!r}: choose one of {SOLVERS}")
-        if self.method in FIXED_STEP_SOLVERS:
-            if self.step_size is None or not 0 < self.step_size <= 1:
-                raise ValueError(f"{self.method} needs a step_size in (0, 1], "
-                                 f"got {self.step_size}")
-        elif self.tol is None or not self.tol > 0:
-            raise ValueError(f"{self.method} is adaptive: give tol > 0, got {self.tol}")
-
-    @property
-    def order(self) -> int:
-        return _ORDER[self.method]
-
-    def __str__(self):
-        if self.step_size is not None:
-            n = 1 / self.step_size
-            return f"{self.method}, h=1/{n:.0f}" if abs(n - round(n)) < 1e-9 else \
-                f"{self.method}, h={self.step_size:.3g}"
-        return f"{self.method}, tol={self.tol:.0e}"
-
-    def odeint_kwargs(self) -> dict:
-        if self.step_size is not None:
-            return {"method": self.method, "options": {"step_size": self.step_size}}
-        return {"method": self.method, "rtol": self.tol, "atol": self.tol}
+__all__ = ["Solver", "SphereField", "ImageField", "NeuralODE"]
 
 
 def _kaiming(module):
@@ -92,12 +45,29 @@ class SphereField(nn.Module):
         self.nfe = 0
 
     def forward(self, t, z):
+        """``dz/dt``; counts the evaluation in ``nfe``.
+
+        Parameters
+        ----------
+        t : torch.Tensor, shape ()
+            Time (unused: the field is autonomous).
+        z : torch.Tensor, shape (B, d)
+            State.
+        """
         self.nfe += 1
         return self.net(z.unsqueeze(1)).squeeze(1)
 
 
 class ImageField(nn.Module):
-    """Autonomous vector field on images: (t, z) with z of shape (B, C, H, W) -> same."""
+    """Autonomous vector field on images: (t, z) with z of shape (B, C, H, W) -> same.
+
+    Parameters
+    ----------
+    in_channels : int
+        ``C``, the channels of the state.
+    channels : int
+        Width of the hidden convolutions.
+    """
 
     def __init__(self, in_channels: int = 1, channels: int = 16):
         super().__init__()
@@ -109,6 +79,15 @@ class ImageField(nn.Module):
         self.nfe = 0
 
     def forward(self, t, z):
+        """``dz/dt``; counts the evaluation in ``nfe``.
+
+        Parameters
+        ----------
+        t : torch.Tensor, shape ()
+            Time (unused: the field is autonomous).
+        z : torch.Tensor, shape (B, C, H, W)
+            State.
+        """
         self.nfe += 1
         return self.net(z)
 
@@ -146,7 +125,21 @@ class NeuralODE(nn.Module):
 
     def flow(self, x: torch.Tensor, solver: Solver | None = None,
              times: torch.Tensor | None = None) -> torch.Tensor:
-        """States ``z(t)`` at ``times`` (default: ``[0, 1]``), shape (T, B, *state_shape)."""
+        """States ``z(t)`` of the flow.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, *state_shape)
+            Initial states ``z(0)``.
+        solver : Solver, optional
+            Default: the training solver ``self.solver``.
+        times : torch.Tensor, shape (T,), optional
+            Increasing times in [0, 1]; default ``[0, 1]``.
+
+        Returns
+        -------
+        torch.Tensor, shape (T, B, *state_shape)
+        """
         self._check(x)
         solver = solver or self.solver
         if times is None:
@@ -154,10 +147,28 @@ class NeuralODE(nn.Module):
         return odeint(self.field, x, times.to(x), **solver.odeint_kwargs())
 
     def forward(self, x: torch.Tensor, solver: Solver | None = None) -> torch.Tensor:
+        """Logits ``head(z(1))``, shape (B, *state_shape) -> (B, num_classes).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, *state_shape)
+            The initial states ``z(0)``.
+        solver : Solver, optional
+            Default: the training solver ``self.solver``.
+        """
         z1 = self.flow(x, solver)[-1]
         return self.head(z1.flatten(1))
 
     def accuracy(self, x, y, solver: Solver | None = None) -> float:
-        """Accuracy (fraction in [0, 1]) of the predictions with ``solver``."""
+        """Share of correct predictions with ``solver``, in [0, 1].
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, *state_shape)
+        y : torch.Tensor, shape (B,)
+            Class indices.
+        solver : Solver, optional
+            Default: the training solver.
+        """
         with torch.no_grad():
             return (self(x, solver).argmax(1) == y).double().mean().item()

@@ -20,7 +20,8 @@ __all__ = ["RegimeReport", "ode_regime", "default_test_solvers"]
 
 def default_test_solvers(own: Solver | None) -> list[Solver]:
     """Euler, midpoint and rk4 at the training step and 2x and 8x finer (or at 1/8, 1/32
-    and 1/128 for an adaptive or unknown training solver), and dopri5 at tol 1e-7."""
+    and 1/128 for an adaptive or unknown training solver), and dopri5 at tol 1e-7.
+    """
     if own is not None and own.step_size is not None:
         steps = [own.step_size, own.step_size / 2, own.step_size / 8]
     else:
@@ -61,6 +62,7 @@ class RegimeReport:
 
     @property
     def in_ode_regime(self) -> bool:
+        """True when every solver's accuracy is within ``threshold`` points of the others."""
         return self.max_gap <= self.threshold
 
     def __str__(self) -> str:

@@ -11,8 +11,10 @@ def loglog_slope(x, y) -> float:
 
     Parameters
     ----------
-    x, y : array-like, shape (K,)
-        Positive values, ``K >= 2`` (e.g. depths and distances).
+    x : array-like, shape (K,)
+        Positive values, ``K >= 2`` (e.g. depths).
+    y : array-like, shape (K,)
+        Positive, finite values (e.g. distances).
 
     Returns
     -------
@@ -21,7 +23,8 @@ def loglog_slope(x, y) -> float:
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
-        raise ValueError(f"need two 1-d arrays of equal length >= 2, got shapes {x.shape}, {y.shape}")
+        raise ValueError(f"need two 1-d arrays of equal length >= 2, got shapes {x.shape}, "
+                         f"{y.shape}")
     if not (np.all(x > 0) and np.all(y > 0) and np.all(np.isfinite(y))):
         raise ValueError("log-log slope needs positive, finite values")
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])

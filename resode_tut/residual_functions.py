@@ -36,6 +36,7 @@ class TanhLayer(nn.Module):
         self.linear = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``tanh(W x + b)``, shape (B, dim) -> (B, dim)."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"TanhLayer expects inputs of shape (B, {self.dim}), "
                              f"got {tuple(x.shape)}")

@@ -47,7 +47,12 @@ def get_threads() -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and PyTorch's (CPU and CUDA) generators."""
+    """Seed Python's, NumPy's and PyTorch's (CPU and CUDA) generators.
+
+    Parameters
+    ----------
+    seed : int
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -74,10 +79,19 @@ class Runtime:
 
     @property
     def quick(self) -> bool:
+        """True in quick mode."""
         return self.mode == "quick"
 
     def pick(self, quick: Any, full: Any) -> Any:
-        """``quick`` in quick mode, ``full`` otherwise: ``rt.pick(quick=4, full=16)``."""
+        """``quick`` in quick mode, ``full`` otherwise: ``run.pick(quick=4, full=16)``.
+
+        Parameters
+        ----------
+        quick : object
+            The value for quick mode.
+        full : object
+            The value for full mode.
+        """
         return quick if self.quick else full
 
 

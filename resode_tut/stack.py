@@ -115,14 +115,17 @@ class ResidualStack(nn.Module):
 
     @property
     def num_steps(self) -> int:
+        """Steps of the scheme: ``M`` for Euler, ``M - 1`` for Heun."""
         return self.depth if self.scheme == "euler" else self.depth - 1
 
     @property
     def h(self) -> float:
+        """The step size ``1 / num_steps``."""
         return 1.0 / self.num_steps
 
     @property
     def times(self) -> torch.Tensor:
+        """Times ``n h`` of the states ``x_0, ..., x_{num_steps}``, shape (num_steps + 1,)."""
         return torch.arange(self.num_steps + 1, dtype=torch.float64) / self.num_steps
 
     @property
@@ -141,7 +144,20 @@ class ResidualStack(nn.Module):
         return out
 
     def step(self, n: int, x: torch.Tensor) -> torch.Tensor:
-        """One step of the scheme, ``x_n -> x_{n+1}``, for ``0 <= n < num_steps``."""
+        """One step of the scheme, ``x_n -> x_{n+1}``.
+
+        Parameters
+        ----------
+        n : int
+            The step, ``0 <= n < num_steps``.
+        x : torch.Tensor, shape (B, ...)
+            The state ``x_n``.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, ...)
+            ``x_{n+1}``.
+        """
         h = self.h
         k1 = self._f(n, x)
         if self.scheme == "euler":
@@ -197,4 +213,6 @@ class ResidualStack(nn.Module):
         return torch.stack(states)
 
     def extra_repr(self) -> str:
-        return f"scheme={self.scheme!r}, depth={self.depth}, h={self.h:.4g}, adjoint={self.adjoint}"
+        """Scheme, depth, step and adjoint flag, for ``print(stack)``."""
+        return (f"scheme={self.scheme!r}, depth={self.depth}, h={self.h:.4g}, "
+                f"adjoint={self.adjoint}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run every test: unit tests, the chapters under nbval (quick mode), a book
-# build with -W (quick mode), and real-browser checks of the built pages.
+# Run every test: ruff, unit tests (slow ones too), the chapters under nbval (quick
+# mode), a book build with -W (quick mode), and real-browser checks of the built pages.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export RESODE_MODE=quick
@@ -17,16 +17,20 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     fi
 fi
 
-echo "== 1/4 unit tests and book consistency (pairing, URLs, toc)"
+echo "== 1/5 style: ruff (pyflakes, pycodestyle, imports, bugbear, NumPy docstrings)"
+ruff check .
+
+echo "== 2/5 unit tests (tests/lib), experiment tests (tests/experiments), book consistency"
 python -m pytest tests
 
-echo "== 2/4 nbval: every chapter of _toc.yml, quick mode"
+echo "== 3/5 nbval: every chapter of _toc.yml, quick mode"
 mapfile -t notebooks < <(python -c "import yaml; toc = yaml.safe_load(open('_toc.yml'));
 [print(c['file'] + '.ipynb') for c in toc['chapters'] if c['file'].split('/')[-1][:2].isdigit()]")
 python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider "${notebooks[@]}"
 
-echo "== 3/4 book build with -W, quick mode"
-jupyter-book build --all -W -n --keep-going .
+echo "== 4/5 book build with -W, quick mode"
+jupyter-book build --all -W -n --keep-going . || { bash scripts/explain_failure.sh >&2; exit 1; }
+rm -rf _build/reports && { [ ! -d _build/html/reports ] || mv _build/html/reports _build/reports; }
 
-echo "== 4/4 real-browser checks of the built pages (screenshots in _build/screenshots)"
+echo "== 5/5 real-browser checks of the built pages (screenshots in _build/screenshots)"
 python -m pytest browser_tests

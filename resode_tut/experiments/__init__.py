@@ -1,0 +1,24 @@
+"""The chapters' experiments: sweeps, training runs, plots and command lines.
+
+One module per chapter, imported by the chapter as ``ex``
+(``from resode_tut.experiments import ch03 as ex``), plus the helpers that several
+chapters share.  Nothing here is part of the library's API (:mod:`resode_tut`), and
+the library never imports from here.
+
+=====================  ==========================================================
+module                 used by
+=====================  ==========================================================
+``ch01``               chapter 1, ResNets are Euler steps
+``ch02``               chapter 2, implicit regularisation (linear ResNets)
+``ch03``               chapter 3, the memory-free adjoint; benchmark command line
+``ch04``               chapter 4, Heun residual networks
+``ch05``               chapter 5, solver dependence
+``ch06``               chapter 6, fine-tuning on CIFAR-10; command line
+``discretisation``     chapters 1 and 4 (distance to the ODE against depth)
+``gradient_methods``   chapters 3, 4 and 6 (four ways to differentiate a stack)
+``classifier``         chapters 3 and 4 (a small residual classifier)
+``cifar_training``     chapter 6 (CIFAR training and measurements)
+``plots``              chapters 1-4
+``cache``              chapter 6 (what a cached result depends on)
+=====================  ==========================================================
+"""

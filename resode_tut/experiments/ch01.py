@@ -1,0 +1,121 @@
+r"""Chapter 1 (ResNets are Euler steps): its experiments.
+
+:func:`distance_sweep` (shared with chapter 4, from
+:mod:`resode_tut.experiments.discretisation`) measures the distance between stacks
+and their ODE against depth; :func:`iid_plateau` predicts where that distance goes
+for i.i.d. weights.  The rest of this docstring derives the prediction.
+
+Where deep ResNets with i.i.d. weights go, and where their ODE goes instead.
+
+For layers ``theta_n = theta_bar + sigma * xi_n`` with i.i.d. Gaussian ``xi_n``,
+the law of large numbers sends the Euler recursion to the *averaged* ODE
+
+.. math:: \dot x = F(x) = \mathbb E_\xi f(x, \bar\theta + \sigma\xi),
+
+while the ODE whose weights interpolate the layers linearly,
+``(1 - s) theta_n + s theta_{n+1}``, sees weights of spread
+``sigma sqrt((1 - s)^2 + s^2)`` and tends to
+
+.. math:: \dot x = \tilde F(x) = \int_0^1 \mathbb E_\xi
+          f\big(x, \bar\theta + \sigma\sqrt{(1-s)^2 + s^2}\,\xi\big)\, ds .
+
+For ``f = tanh(W x + b)`` each pre-activation is Gaussian,
+``u_i ~ N(bar W_i x + bar b_i, v_i(x))`` with
+``v_i(x) = sum_j sigma_{W,ij}^2 x_j^2 + sigma_{b,i}^2``, so both fields are
+one-dimensional Gaussian integrals, computed here by Gauss-Hermite (and
+Gauss-Legendre in ``s``) quadrature.  The distance between the two solutions is
+the plateau that the ResNet-ODE distance of i.i.d. networks tends to.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchdiffeq import odeint
+
+from ..limit import max_state_distance
+from ..residual_functions import tanh_mean_weights
+from ..solvers import Solver
+from .discretisation import DistanceSweep, distance_sweep
+from .plots import depth_axis
+
+__all__ = ["tanh_mean_fields", "iid_plateau", "DistanceSweep", "distance_sweep", "depth_axis"]
+
+
+def _gauss_tanh(mean: torch.Tensor, var: torch.Tensor, nodes: int) -> torch.Tensor:
+    """``E tanh(mean + sqrt(var) z)``, ``z ~ N(0, 1)``, elementwise."""
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)  # weight exp(-z^2/2)
+    z = torch.as_tensor(z, dtype=mean.dtype)
+    w = torch.as_tensor(w / np.sqrt(2 * np.pi), dtype=mean.dtype)
+    return (torch.tanh(mean[..., None] + var.sqrt()[..., None] * z) * w).sum(-1)
+
+
+def tanh_mean_fields(W_bar: torch.Tensor, b_bar: torch.Tensor, sigma_W: torch.Tensor,
+                     sigma_b: torch.Tensor, nodes: int = 48, s_nodes: int = 24):
+    """The averaged fields ``F`` (ResNet) and ``F~`` (interpolated ODE) of tanh layers.
+
+    Parameters
+    ----------
+    W_bar : torch.Tensor, shape (d, d)
+    b_bar : torch.Tensor, shape (d,)
+        Mean weights.
+    sigma_W : torch.Tensor, shape (d, d)
+    sigma_b : torch.Tensor, shape (d,)
+        Standard deviations of the i.i.d. layer weights around their means.
+    nodes : int
+        Gauss-Hermite nodes in the Gaussian variable.
+    s_nodes : int
+        Gauss-Legendre nodes in ``s``.
+
+    Returns
+    -------
+    (F, F_tilde) : two callables ``(t, x) -> tensor``, x of shape (B, d)
+    """
+    s, ws = np.polynomial.legendre.leggauss(s_nodes)
+    s, ws = (s + 1) / 2, ws / 2                       # Gauss-Legendre on [0, 1]
+    shrink = torch.as_tensor((1 - s) ** 2 + s ** 2, dtype=W_bar.dtype)
+    ws = torch.as_tensor(ws, dtype=W_bar.dtype)
+
+    def moments(x):
+        return x @ W_bar.T + b_bar, (x ** 2) @ (sigma_W ** 2).T + sigma_b ** 2
+
+    def F(t, x):
+        mean, var = moments(x)
+        return _gauss_tanh(mean, var, nodes)
+
+    def F_tilde(t, x):
+        mean, var = moments(x)
+        per_s = _gauss_tanh(mean[..., None], var[..., None] * shrink, nodes)  # (B, d, S)
+        return (per_s * ws).sum(-1)
+
+    return F, F_tilde
+
+
+def iid_plateau(seed: int, x0: torch.Tensor, dim: int = 2, rel_noise: float = 1.0,
+                num_times: int = 257) -> torch.Tensor:
+    """Predicted large-depth distance between an i.i.d. tanh stack and its ODE.
+
+    Uses the mean weights and spreads of :func:`resode_tut.tanh_stack` with the
+    same ``seed``, ``dim`` and ``rel_noise``.
+
+    Parameters
+    ----------
+    seed : int
+    x0 : torch.Tensor, shape (B, dim), float64
+    dim : int
+    rel_noise : float
+    num_times : int
+        Times in [0, 1] at which the two mean-field solutions are compared.
+
+    Returns
+    -------
+    torch.Tensor, shape (B,)
+        ``max_t ||x_F(t) - x_F~(t)||`` for each input.
+    """
+    W_bar, b_bar, sigma_W, sigma_b = tanh_mean_weights(seed, dim, rel_noise)
+    F, F_tilde = tanh_mean_fields(W_bar, b_bar, sigma_W, sigma_b)
+    t = torch.linspace(0, 1, num_times, dtype=x0.dtype)
+    opts = Solver("dopri5", tol=1e-9, atol=1e-11).odeint_kwargs()
+    with torch.no_grad():
+        resnet_limit = odeint(F, x0, t, **opts)
+        ode_limit = odeint(F_tilde, x0, t, **opts)
+    return max_state_distance(resnet_limit, ode_limit)

@@ -1,0 +1,151 @@
+r"""Chapter 3 (the memory-free adjoint): its experiments and benchmark.
+
+The four gradient methods compared in the chapter come from
+:mod:`resode_tut.experiments.gradient_methods` (shared with chapters 4 and 6), the
+digits classifier from :mod:`resode_tut.experiments.classifier` (shared with
+chapter 4).  This module adds the benchmark, also a command line::
+
+    python -m resode_tut.experiments.ch03 adjoint [options]
+
+For Euler stacks of tanh layers (:func:`resode_tut.tanh_stack`, smooth weights)
+at several depths, one run measures for each gradient method: wall time of a forward +
+backward step,
+bytes kept for backward, and (in float64, on a smaller batch) the relative
+error of the gradient against backpropagation.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..progress import progress
+from ..residual_functions import tanh_stack
+from .classifier import ResidualClassifier, train_classifier
+from .gradient_methods import (
+    METHODS,
+    adjoint_error_sweep,
+    cuda_peak_mib,
+    gradients,
+    relative_error,
+    saved_bytes,
+    step_time,
+)
+from .plots import depth_axis
+
+__all__ = ["adjoint_benchmark", "format_table", "main", "METHODS", "gradients",
+           "relative_error", "saved_bytes", "cuda_peak_mib", "adjoint_error_sweep",
+           "ResidualClassifier", "train_classifier", "depth_axis"]
+
+
+def adjoint_benchmark(depths=(16, 64, 256, 1024), dim: int = 256, batch: int = 256,
+                      device: str = "cpu", repeats: int = 5, error_batch: int = 32,
+                      methods=METHODS, timed=True, errors=True, seed: int = 0,
+                      show_progress: bool = True) -> list[dict]:
+    """Time, memory and gradient error of each method at each depth.
+
+    Parameters
+    ----------
+    depths : sequence of int
+        Numbers of layers ``N``.
+    dim : int
+        State size of the tanh layers.
+    batch : int
+        Batch of the timed step (float32).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    repeats : int
+        Timed repetitions (the minimum is reported) after one warm-up.
+    error_batch : int
+        Batch of the float64 gradient comparison.
+    methods : sequence of str
+        Gradient methods (:data:`METHODS`).
+    timed : bool or sequence of int
+        Time every depth (True), none (False) or only the given depths.
+    errors : bool or sequence of int
+        Compare gradients at every depth (True), none (False) or only the given depths.
+    seed : int
+        Seeds the weights and inputs.
+    show_progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    list of dict
+        One row per (depth, method): ``N``, ``method``, ``ms`` (or None),
+        ``mib`` (bytes kept for backward, MiB) and ``grad_error`` (relative
+        error against backprop, 0 for backprop itself; or None).
+    """
+    rows = []
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, dim, generator=gen).to(device)
+    x64 = torch.randn(error_batch, dim, generator=gen, dtype=torch.float64).to(device)
+    for N in progress(list(depths), "depths", enabled=show_progress):
+        stack = tanh_stack(N, "smooth", seed=seed, dim=dim, dtype=torch.float32).to(device)
+        do_time = timed is True or (timed and N in timed)
+        do_err = errors is True or (errors and N in errors)
+        if do_err:
+            stack64 = tanh_stack(N, "smooth", seed=seed, dim=dim).to(device)
+            ref = gradients(stack64, x64, "backprop")
+        for m in methods:
+            xr = x.clone().requires_grad_(True)
+            rows.append({
+                "N": N, "method": m,
+                "ms": 1e3 * step_time(stack, xr, m, repeats) if do_time else None,
+                "mib": saved_bytes(stack, xr, m) / 2 ** 20,
+                "grad_error": (relative_error(ref, gradients(stack64, x64, m))
+                               if do_err else None),
+            })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`adjoint_benchmark` rows.
+
+    Parameters
+    ----------
+    rows : list of dict
+        As returned by :func:`adjoint_benchmark`.
+    """
+    head = f"{'N':>6} {'method':>15} {'ms/step':>9} {'MiB kept':>9} {'grad err':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ms = f"{r['ms']:9.1f}" if r["ms"] is not None else f"{'-':>9}"
+        err = f"{r['grad_error']:9.1e}" if r["grad_error"] is not None else f"{'-':>9}"
+        lines.append(f"{r['N']:>6} {r['method']:>15} {ms} {r['mib']:9.3f} {err}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """The command line: ``python -m resode_tut.experiments.ch03 adjoint --help``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m resode_tut.experiments.ch03",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("which", choices=["adjoint"], help="benchmark to run")
+    parser.add_argument("--depths", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"device {args.device}, torch {torch.__version__}, threads "
+          f"{torch.get_num_threads()}, tanh layers dim {args.dim}, batch {args.batch}")
+    rows = adjoint_benchmark(args.depths, args.dim, args.batch, args.device, args.repeats,
+                             seed=args.seed)
+    print(format_table(rows))
+    by = {(r["N"], r["method"]): r for r in rows}
+    for N in args.depths:
+        bp, adj, ode = by[N, "backprop"], by[N, "adjoint"], by[N, "odeint_adjoint"]
+        print(f"N={N}: adjoint/backprop time {adj['ms'] / bp['ms']:.2f}x, "
+              f"memory {adj['mib'] / bp['mib']:.4f}x; grad error adjoint/odeint_adjoint "
+              f"{adj['grad_error'] / ode['grad_error']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

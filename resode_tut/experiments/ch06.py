@@ -1,0 +1,570 @@
+"""Chapter 6: fine-tuning a very deep CIFAR ResNet with the memory-free adjoint.
+
+Sander et al. (2022)'s recipe: train a network with *tied* weights (one
+residual function at every step: a discretised autonomous ODE), untie it into a
+deep stage of ``N`` independent functions, and fine-tune that stage with the
+discrete adjoint, which keeps no activations for the residual layers.  One run
+of :func:`run` does the whole experiment for a :class:`FinetuneConfig`:
+
+1. pre-train the tied network (depth ``pretrain_depth``) and evaluate it, with
+   the same weights, at other depths (is it an ODE?);
+2. untie it into ``depth`` functions and fine-tune the copy twice from the same
+   weights and seeds, once with backprop, once with the adjoint;
+3. count the bytes the stage keeps for backward against depth (and the CUDA
+   peak of a training step on a GPU);
+4. compare the adjoint's gradients with backprop's against depth.
+
+Results are plain JSON.  :func:`train_or_load` caches them under a key made of
+the configuration, the device type and the source code of the modules that
+compute them, so a stale result is never served as current.
+
+Command line (the GPU-scale run; writes JSON and a figure)::
+
+    python -m resode_tut.experiments.ch06 --config gpu-full --device cuda --download
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..cifar_resnet import CifarResNet, untie
+from ..datasets.cifar import SHORT_NAMES, cifar10, prepare
+from ..runtime import seed_everything
+from . import cache
+from .cifar_training import (
+    METHODS,
+    accuracy,
+    cuda_step_peak_mib,
+    gradient_agreement,
+    recalibrate_batchnorm,
+    stage_saved_bytes,
+    train,
+)
+from .finetune_result import (
+    FinetuneResult,
+    FineTuning,
+    Gradients,
+    MalformedResult,
+    Memory,
+    Pretraining,
+)
+
+__all__ = ["FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
+           "code_version", "default_results_dir", "validate", "FinetuneResult",
+           "MalformedResult", "stale_results", "plot_accuracy", "plot_memory",
+           "plot_gradients", "plot", "summary", "main"]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One scale of the chapter 6 experiment.
+
+    Attributes
+    ----------
+    name : str
+    train_images, test_images : int
+        Images used from each split (0: the whole split).
+    channels : int
+        Width ``C`` of the stage.
+    pretrain_depth, pretrain_epochs, pretrain_lr, pretrain_milestones
+        The tied network: its depth and its SGD schedule (lr / 10 at the milestones).
+    depth : int
+        ``N``, the depth of the untied stage that is fine-tuned.
+    epochs, lr, milestones
+        The fine-tuning schedule (the paper: 50 epochs, lr 1e-3, / 10 at epoch 40).
+    batch : int
+    eval_depths : tuple of int
+        Depths at which the tied network is evaluated with its trained weights.
+    memory_depths, memory_batch
+        Depths and batch size of the memory measurement.
+    gradient_depths, gradient_batch
+        Depths and batch size of the gradient comparison.
+    seed : int
+    """
+
+    name: str
+    train_images: int
+    test_images: int
+    channels: int = 16
+    pretrain_depth: int = 8
+    pretrain_epochs: int = 10
+    pretrain_lr: float = 0.1
+    pretrain_milestones: tuple = ()
+    depth: int = 32
+    epochs: int = 4
+    lr: float = 0.01
+    milestones: tuple = ()
+    batch: int = 128
+    eval_depths: tuple = (2, 4, 8, 16, 32, 64)
+    memory_depths: tuple = (8, 16, 32, 64)
+    memory_batch: int = 128
+    gradient_depths: tuple = (4, 8, 16, 32, 64)
+    gradient_batch: int = 64
+    seed: int = 0
+
+
+CONFIGS = {
+    # CI: a few thousand images, a few epochs, a couple of minutes on 2 CPU cores
+    "quick": FinetuneConfig("quick", train_images=4000, test_images=2000, pretrain_epochs=8,
+                            pretrain_milestones=(6,), epochs=3, lr=0.01),
+    # a CPU-sized run (minutes on 2 cores)
+    "cpu-full": FinetuneConfig("cpu-full", train_images=20000, test_images=10000,
+                               pretrain_epochs=15, pretrain_milestones=(10, 13), epochs=6,
+                               lr=0.01, milestones=(5,), memory_depths=(8, 16, 32, 64, 128),
+                               gradient_depths=(4, 8, 16, 32, 64, 128)),
+    # the whole training set and the paper's fine-tuning schedule (a GPU)
+    "gpu-full": FinetuneConfig("gpu-full", train_images=0, test_images=0, pretrain_epochs=60,
+                               pretrain_milestones=(30, 45), epochs=50, lr=1e-3,
+                               milestones=(40,), memory_depths=(8, 16, 32, 64, 128, 256),
+                               gradient_depths=(4, 8, 16, 32, 64, 128, 256)),
+}
+
+def code_version() -> str:
+    """SHA-256 (16 hex digits) of the source of every module this experiment imports,
+    directly or not (:func:`resode_tut.experiments.cache.code_modules`).
+    """
+    return cache.code_version("resode_tut.experiments.ch06")
+
+
+def cache_key(config: FinetuneConfig, device: str | torch.device) -> str:
+    """Key of a result: configuration, device type and code version (the torch version is
+    recorded in the result, not keyed, so a GPU result made elsewhere can be shown).
+
+    Parameters
+    ----------
+    config : FinetuneConfig
+    device : str or torch.device
+        Only its type (``cpu``, ``cuda``) counts.
+    """
+    text = json.dumps({"config": asdict(config), "device": torch.device(device).type,
+                       "code": code_version()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_results_dir() -> Path:
+    """``$RESODE_RESULTS``, else ``~/.cache/resode_tut/results``."""
+    env = os.environ.get("RESODE_RESULTS", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "resode_tut" / "results"
+
+
+def _config(config: FinetuneConfig | str) -> FinetuneConfig:
+    if isinstance(config, FinetuneConfig):
+        return config
+    if config not in CONFIGS:
+        raise ValueError(f"unknown configuration {config!r}: choose one of {sorted(CONFIGS)} "
+                         "or pass a FinetuneConfig")
+    return CONFIGS[config]
+
+
+def _path(config: FinetuneConfig, device, out_dir: Path) -> Path:
+    return Path(out_dir) / f"finetune-{config.name}-{cache_key(config, device)}.json"
+
+
+def _split(root, train: bool, n: int, seed: int, download: bool):
+    data = cifar10(root, train=train, download=download)
+    return data if n in (0, len(data)) else data.subset(n, seed)
+
+
+def _depth_copy(model: CifarResNet, depth: int, device, train_data=None) -> CifarResNet:
+    """``untie(model, depth)`` on ``device``; with ``train_data``, each layer's BatchNorm
+    statistics re-estimated for its own step (see :func:`recalibrate_batchnorm`).
+    """
+    copy_ = untie(model, depth).to(device)
+    if train_data is not None:
+        recalibrate_batchnorm(copy_, train_data, device=device)
+    return copy_
+
+
+def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
+        data_root=None, download: bool = False) -> FinetuneResult:
+    """Run the whole experiment once (see the module docstring).
+
+    Parameters
+    ----------
+    config : FinetuneConfig or one of ``CONFIGS``' names
+    device : str or torch.device
+    data_root : path, optional
+        Folder holding ``cifar-10-batches-py`` (default
+        :func:`resode_tut.datasets.cifar.default_root`).
+    download : bool
+        Download the official archive if the data are missing.
+
+    Returns
+    -------
+    FinetuneResult
+        The tied network's training and its accuracy at ``eval_depths``, both
+        fine-tunings, the stage's memory and the gradient agreement against depth.
+    """
+    config = _config(config)
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r} ({err}): use 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but torch sees no GPU: use --device cpu")
+    t_start, load_start = time.perf_counter(), _load_average()
+    seed_everything(config.seed)
+    train_data = _split(data_root, True, config.train_images, config.seed, download)
+    test_data = _split(data_root, False, config.test_images, config.seed, download)
+    fit = dict(device=device, batch=config.batch)
+
+    # 1. the tied network, and the same weights at other depths
+    tied = CifarResNet(config.pretrain_depth, config.channels, tied=True, seed=config.seed)
+    # (the shared BatchNorm's running statistics fit no single step: evaluate an untied
+    # copy with per-step statistics)
+    def tied_accuracy(model, depth=config.pretrain_depth):
+        return accuracy(_depth_copy(model, depth, device, train_data), test_data, device=device)
+
+    pre = train(tied, train_data, test_data, config.pretrain_epochs, config.pretrain_lr,
+                milestones=config.pretrain_milestones, seed=config.seed,
+                desc=f"pre-train tied N={config.pretrain_depth}", evaluate=tied_accuracy, **fit)
+    shared_stats = accuracy(tied, test_data, device=device)
+    at_depth = {d: tied_accuracy(tied, d) for d in config.eval_depths}
+
+    # 2. untie, fine-tune from the same start with the same seed, once per method
+    start = _depth_copy(tied, config.depth, device, train_data)
+    start_acc = accuracy(start, test_data, device=device)
+    curves, finetuned = {}, {}
+    for method in METHODS:
+        finetuned[method] = copy.deepcopy(start)
+        hist = train(finetuned[method], train_data, test_data, config.epochs, config.lr,
+                     method=method, milestones=config.milestones, seed=config.seed + 1,
+                     desc=f"fine-tune N={config.depth} ({method})", **fit)
+        curves[method] = FineTuning([start_acc] + hist.test_accuracy, hist.train_loss,
+                                    hist.seconds)
+
+    # 3. memory kept by the stage, against depth
+    gen = torch.Generator().manual_seed(config.seed)
+    pick = torch.randperm(len(test_data), generator=gen)
+    mem_idx = pick[:config.memory_batch]
+    x_mem = prepare(test_data.images[mem_idx]).to(device)
+    y_mem = test_data.labels[mem_idx].to(device)
+    mem = Memory(list(config.memory_depths), config.memory_batch,
+                 {m: [] for m in METHODS}, {m: [] for m in METHODS})
+    for d in config.memory_depths:
+        model = _depth_copy(tied, d, device)
+        for m in METHODS:
+            mem.saved_bytes[m].append(stage_saved_bytes(model, x_mem, m))
+            if device.type == "cuda":
+                mem.cuda_peak_mib[m].append(cuda_step_peak_mib(model, x_mem, y_mem, m))
+
+    # 4. gradient agreement against depth
+    grad_idx = pick[:config.gradient_batch]
+    x_g = prepare(test_data.images[grad_idx]).to(device)
+    y_g = test_data.labels[grad_idx].to(device)
+    grads = Gradients(list(config.gradient_depths), config.gradient_batch,
+                      [gradient_agreement(_depth_copy(tied, d, device), x_g, y_g)
+                       for d in config.gradient_depths],
+                      {m: gradient_agreement(finetuned[m], x_g, y_g) for m in METHODS})
+
+    return FinetuneResult(
+        config=config, key=cache_key(config, device), code=code_version(),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        torch=torch.__version__, data_source=train_data.source,
+        train_images=len(train_data), test_images=len(test_data),
+        pretrain=Pretraining(config.pretrain_depth, pre.test_accuracy, pre.train_loss,
+                             pre.seconds, at_depth, shared_stats),
+        depth=config.depth, finetune=curves, memory=mem, gradients=grads,
+        seconds=time.perf_counter() - t_start, load_average=[load_start, _load_average()])
+
+
+def _load_average() -> float:
+    """The 1-minute load average (NaN where the OS has none): wall times are read with it."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
+
+
+def validate(result: FinetuneResult, config: FinetuneConfig | str) -> str | None:
+    """What is wrong with a result of ``config``, or ``None`` if it is complete.
+
+    A result is complete when it was computed for this configuration and carries one
+    accuracy per epoch (plus the start) for both methods, one measurement per depth,
+    and only finite numbers (see :meth:`FinetuneResult.problems`).
+
+    Parameters
+    ----------
+    result : FinetuneResult
+    config : FinetuneConfig or str
+        A configuration or the name of one of :data:`CONFIGS`.
+    """
+    if result.config != _config(config):
+        return "written for another configuration"
+    return result.problems(METHODS)
+
+
+def _read(path: Path, config: FinetuneConfig, device) -> FinetuneResult | None:
+    """The result in ``path`` if it is current and complete; ``None`` (with a warning
+    for a damaged or incomplete file) otherwise.
+    """
+    if not path.is_file():
+        return None
+    try:
+        result = FinetuneResult.from_json(path.read_text(), FinetuneConfig)
+    except MalformedResult as err:
+        warnings.warn(f"ignoring the damaged result file {path} ({err}): it is recomputed",
+                      stacklevel=3)
+        return None
+    if result.key != cache_key(config, device):
+        return None
+    problem = validate(result, config)
+    if problem is not None:
+        warnings.warn(f"ignoring the incomplete result file {path} ({problem}): it is "
+                      "recomputed", stacklevel=3)
+        return None
+    return dataclasses.replace(result, path=str(path), cached=True)
+
+
+def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
+         out_dir=None) -> FinetuneResult | None:
+    """The cached result for this configuration, device type and code, or ``None``
+    (also, with a warning, for a damaged or incomplete file).
+
+    Parameters
+    ----------
+    config : FinetuneConfig or str
+        A configuration or the name of one of :data:`CONFIGS`.
+    device : str or torch.device
+    out_dir : path, optional
+        Results folder (default :func:`default_results_dir`).
+    """
+    config = _config(config)
+    return _read(_path(config, device, default_results_dir() if out_dir is None else out_dir),
+                 config, device)
+
+
+def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
+    """Result files of this configuration's name that are *not* current (other
+    configuration, device type or code): they are never loaded.
+
+    Parameters
+    ----------
+    config : FinetuneConfig or str
+        A configuration or the name of one of :data:`CONFIGS`.
+    out_dir : path, optional
+        Results folder (default :func:`default_results_dir`).
+    """
+    config = _config(config)
+    out_dir = default_results_dir() if out_dir is None else Path(out_dir)
+    current = {_path(config, d, out_dir) for d in ("cpu", "cuda")}
+    return sorted(p for p in out_dir.glob(f"finetune-{config.name}-*.json") if p not in current)
+
+
+def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
+                  out_dir=None, data_root=None, download: bool = False,
+                  force: bool = False) -> FinetuneResult:
+    """:func:`load` the result if cached (same configuration, device type, code),
+    else :func:`run` it and write it (JSON, atomically) under ``out_dir``.
+
+    Parameters
+    ----------
+    config : FinetuneConfig or str
+        A configuration or the name of one of :data:`CONFIGS`.
+    device : str or torch.device
+    out_dir : path, optional
+        Results folder (default :func:`default_results_dir`).
+    data_root : path, optional
+        Folder holding ``cifar-10-batches-py``.
+    download : bool
+        Download the official archive if the data are missing.
+    force : bool
+        Run even if a current result is cached.
+
+    Returns
+    -------
+    FinetuneResult
+        With ``path`` (its file) and ``cached`` (True when it was loaded) set.
+        A result that fails :func:`validate` is never written; a damaged or incomplete
+        file is recomputed with a warning.
+    """
+    config = _config(config)
+    out_dir = default_results_dir() if out_dir is None else Path(out_dir)
+    path = _path(config, device, out_dir)
+    result = None if force else _read(path, config, device)
+    if result is None:
+        result = run(config, device, data_root, download)
+        problem = validate(result, config)
+        if problem is not None:
+            raise RuntimeError(f"the run gave an incomplete result ({problem}); not cached")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # atomic: a reader sees the old file or the whole new one, never half of it
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(result.to_json())
+        os.replace(tmp, path)
+        result = dataclasses.replace(result, path=str(path), cached=False)
+    return result
+
+
+# -- figures -------------------------------------------------------------------
+_COLOURS = {"backprop": "tab:blue", "adjoint": "tab:orange"}
+
+
+def plot_accuracy(result: FinetuneResult, ax) -> None:
+    """Test accuracy per epoch: the tied pre-training, then both fine-tunings.
+
+    Parameters
+    ----------
+    result : FinetuneResult
+    ax : matplotlib.axes.Axes
+    """
+    pre = result.pretrain.test_accuracy
+    e0 = len(pre)
+    ax.plot(range(1, e0 + 1), [100 * a for a in pre], color="0.5",
+            label=f"tied, N = {result.pretrain.depth}")
+    for m in METHODS:
+        acc = result.finetune[m].test_accuracy
+        ax.plot(range(e0, e0 + len(acc)), [100 * a for a in acc], color=_COLOURS[m],
+                ls="-" if m == "backprop" else "--", marker="o" if m == "backprop" else "x",
+                label=f"untied N = {result.depth}, {m}")
+    ax.axvline(e0, color="0.8", lw=0.8)
+    copy_name = SHORT_NAMES.get(result.data_source, result.data_source)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)",
+           title=f"CIFAR-10 {copy_name}: {result.train_images} train, "
+                 f"{result.test_images} test images")
+    ax.legend(fontsize=8)
+
+
+def plot_memory(result: FinetuneResult, ax) -> None:
+    """Bytes the stage keeps for backward against its depth (log-log).
+
+    Parameters
+    ----------
+    result : FinetuneResult
+    ax : matplotlib.axes.Axes
+    """
+    mem = result.memory
+    for m in METHODS:
+        ax.plot(mem.depths, [b / 2 ** 20 for b in mem.saved_bytes[m]], "o-",
+                color=_COLOURS[m], label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel="depth N of the stage", ylabel="MiB kept for backward",
+           title=f"stage activation memory (batch {mem.batch})")
+    ax.legend(fontsize=8)
+
+
+def plot_gradients(result: FinetuneResult, ax) -> None:
+    """Median relative squared gradient error of the adjoint against depth.
+
+    Parameters
+    ----------
+    result : FinetuneResult
+    ax : matplotlib.axes.Axes
+    """
+    g = result.gradients
+    ax.plot(g.depths, [r.median for r in g.pretrained], "o-", color="0.3",
+            label="tied net untied to depth N")
+    for m in METHODS:
+        ax.plot([result.depth], [g.finetuned[m].median],
+                "x" if m == "adjoint" else "+", ms=10, color=_COLOURS[m],
+                label=f"after fine-tuning ({m})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel="depth N of the stage", ylabel="relative squared error (median)",
+           title="adjoint vs backprop gradients")
+    ax.legend(fontsize=8)
+
+
+def plot(result: FinetuneResult):
+    """The three panels side by side; returns the matplotlib Figure.
+
+    Parameters
+    ----------
+    result : FinetuneResult
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    plot_accuracy(result, axes[0])
+    plot_memory(result, axes[1])
+    plot_gradients(result, axes[2])
+    fig.suptitle(f"{result.config.name} on {result.device} - {result.data_source}", fontsize=9)
+    return fig
+
+
+def summary(result: FinetuneResult) -> str:
+    """A few lines: accuracies (naming the data copy), memory, gradients, time.
+
+    Parameters
+    ----------
+    result : FinetuneResult
+    """
+    pre, ft = result.pretrain, result.finetune
+    lines = [f"data: {result.data_source}, {result.train_images} train / "
+             f"{result.test_images} test images; device: {result.device}",
+             f"tied N={pre.depth}: test accuracy {100 * pre.test_accuracy[-1]:.1f}% (with its "
+             f"shared BatchNorm statistics: {100 * pre.accuracy_shared_statistics:.1f}%); "
+             "at other depths: "
+             + ", ".join(f"N={d}: {100 * a:.1f}%" for d, a in pre.accuracy_at_depth.items())]
+    for m in METHODS:
+        lines.append(f"fine-tune N={result.depth} with {m:8s}: "
+                     f"{100 * ft[m].test_accuracy[0]:.1f}% -> {100 * ft[m].test_accuracy[-1]:.1f}%"
+                     f" in {len(ft[m].seconds)} epochs, "
+                     f"{sum(ft[m].seconds) / len(ft[m].seconds):.1f} s/epoch")
+    mem = result.memory
+    for i, d in enumerate(mem.depths):
+        line = (f"N={d:4d}: stage keeps {mem.saved_bytes['backprop'][i] / 2 ** 20:8.2f} MiB "
+                f"(backprop) vs {mem.saved_bytes['adjoint'][i] / 2 ** 20:6.2f} MiB (adjoint)")
+        if mem.cuda_peak_mib["backprop"]:
+            line += (f"; CUDA peak {mem.cuda_peak_mib['backprop'][i]:.1f} vs "
+                     f"{mem.cuda_peak_mib['adjoint'][i]:.1f} MiB")
+        lines.append(line)
+    g = result.gradients
+    lines.append("gradient rel. squared error (median over the stage's tensors): " + ", ".join(
+        f"N={d}: {a.median:.1e}" for d, a in zip(g.depths, g.pretrained)))
+    lines.append("after fine-tuning: " + ", ".join(
+        f"{m} {g.finetuned[m].median:.1e}" for m in METHODS))
+    lines.append(f"wall time {result.seconds:.0f} s (load average {result.load_average[0]:.1f}"
+                 f" -> {result.load_average[1]:.1f})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """The command line: ``python -m resode_tut.experiments.ch06 --help``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m resode_tut.experiments.ch06",
+        description="Fine-tune a deep CIFAR-10 ResNet with the adjoint and with backprop "
+                    "(chapter 6); writes JSON and a figure, cached by configuration and code.")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="gpu-full")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data", default=None,
+                        help="folder holding cifar-10-batches-py (default $RESODE_DATA "
+                             "or ~/.cache/resode_tut)")
+    parser.add_argument("--download", action="store_true",
+                        help="download the official archive if the data are missing")
+    parser.add_argument("--out", default=None,
+                        help="results folder (default $RESODE_RESULTS or "
+                             "~/.cache/resode_tut/results)")
+    parser.add_argument("--force", action="store_true", help="run even if a result is cached")
+    args = parser.parse_args(argv)
+    out = default_results_dir() if args.out is None else Path(args.out)
+    result = train_or_load(args.config, args.device, out, args.data, args.download, args.force)
+    print(summary(result))
+    figure = _path(CONFIGS[args.config], args.device, out).with_suffix(".png")
+    plot(result).savefig(figure, dpi=120)
+    print(f"results: {_path(CONFIGS[args.config], args.device, out)} and {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

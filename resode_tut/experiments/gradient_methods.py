@@ -1,0 +1,253 @@
+r"""Four ways to differentiate a residual stack (Euler or Heun), side by side
+(chapters 3, 4 and 6).
+
+* ``"backprop"`` -- plain autograd: every layer keeps its activations.
+* ``"checkpoint"`` -- ``torch.utils.checkpoint`` per block: keeps each block's
+  input, recomputes the block in backward.
+* ``"odeint_adjoint"`` -- torchdiffeq's continuous adjoint on the equivalent
+  ODE ``dx/dt = f(x, theta(t))`` (weights interpolated linearly between the
+  layers; torchdiffeq's ``euler`` or ``heun2`` with the stack's step, so the
+  forward values are the stack's).
+* ``"adjoint"`` -- the memory-free discrete adjoint of :mod:`resode_tut.adjoint`.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
+from torchdiffeq import odeint_adjoint
+
+from ..adjoint import discrete_adjoint, reconstruct
+from ..limit import knot_position, max_state_distance
+from ..memory import CudaPeak, SavedTensorsCounter
+from ..residual_functions import tanh_stack
+from ..stack import ResidualStack
+
+__all__ = ["METHODS", "forward_with", "gradients", "saved_bytes", "step_time",
+           "cuda_peak_mib", "relative_error", "adjoint_error_sweep"]
+
+METHODS = ("backprop", "checkpoint", "odeint_adjoint", "adjoint")
+
+
+class _StackField(nn.Module):
+    """``(t, x) -> f(x, theta(t))`` built from the stack's own parameters, so that
+    gradients reach them; ``theta`` is linear between the layer times.
+    """
+
+    def __init__(self, stack: ResidualStack):
+        super().__init__()
+        self.stack = stack
+        self.names = [dict(f.named_parameters()) for f in stack.functions]
+
+    def forward(self, t, x):
+        n, w = knot_position(float(t.detach()), self.stack.h, self.stack.depth)
+        f = self.stack.functions[n]
+        if w == 0.0:
+            return f(x)
+        nxt = self.names[n + 1]
+        theta = {k: (1 - w) * p + w * nxt[k] for k, p in self.names[n].items()}
+        return functional_call(f, theta, (x,))
+
+
+def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Tensor:
+    """The stack's output ``x_N``, computed so that backward uses ``method``.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        Euler or Heun (its own ``adjoint`` flag is ignored).
+    x : torch.Tensor, shape (B, ...)
+    method : {"backprop", "checkpoint", "odeint_adjoint", "adjoint"}
+
+    Returns
+    -------
+    torch.Tensor, same shape as ``x``
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown gradient method {method!r}: choose one of {METHODS}")
+    if method == "backprop":
+        for n in range(stack.num_steps):
+            x = stack.step(n, x)
+        return x
+    if method == "checkpoint":
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)  # reentrant checkpoint needs it
+        for n in range(stack.num_steps):
+            x = checkpoint(stack.step, n, x, use_reentrant=True)
+        return x
+    if method == "odeint_adjoint":
+        field = _StackField(stack)
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
+        params = tuple(p for p in stack.parameters() if p.requires_grad)
+        solver = "euler" if stack.scheme == "euler" else "heun2"
+        return odeint_adjoint(field, x, t, method=solver, options={"step_size": stack.h},
+                              adjoint_params=params)[-1]
+    return discrete_adjoint(stack, x)
+
+
+def _loss(out: torch.Tensor) -> torch.Tensor:
+    # a fixed, non-symmetric linear functional of the output
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device)
+    return (out.flatten() * w).sum() / out.shape[0]
+
+
+def gradients(stack: ResidualStack, x: torch.Tensor, method: str) -> list[torch.Tensor]:
+    """Gradients of a fixed linear loss of ``x_N`` with respect to every parameter.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x : torch.Tensor, shape (B, ...)
+        Input of the stack.
+    method : str
+        One of :data:`METHODS`.
+
+    Returns
+    -------
+    list of torch.Tensor
+        One per parameter of the stack, in ``stack.parameters()`` order.
+    """
+    params = [p for p in stack.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    # .backward() rather than autograd.grad: reentrant checkpointing needs it
+    _loss(forward_with(stack, x, method)).backward()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p, g in zip(params, saved):
+        p.grad = g
+    return grads
+
+
+def relative_error(reference: list[torch.Tensor], approx: list[torch.Tensor]) -> float:
+    """``||g - g_ref|| / ||g_ref||`` over all parameters together.
+
+    Parameters
+    ----------
+    reference : list of torch.Tensor
+        ``g_ref``, one tensor per parameter.
+    approx : list of torch.Tensor
+        ``g``, the same shapes.
+    """
+    num = sum((a - r).double().square().sum() for r, a in zip(reference, approx))
+    den = sum(r.double().square().sum() for r in reference)
+    return float((num / den).sqrt())
+
+
+def saved_bytes(stack: ResidualStack, x: torch.Tensor, method: str) -> int:
+    """Bytes kept for backward by one forward pass with ``method`` (parameters excluded).
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x : torch.Tensor, shape (B, ...)
+        Input of the stack.
+    method : str
+        One of :data:`METHODS`.
+    """
+    with SavedTensorsCounter(stack) as counter:
+        out = forward_with(stack, x, method)
+    del out
+    return counter.bytes
+
+
+def cuda_peak_mib(stack: ResidualStack, x: torch.Tensor, method: str) -> float:
+    """Peak CUDA memory (MiB) above the baseline during one forward + backward step.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        On a CUDA device.
+    x : torch.Tensor, shape (B, ...)
+        Input, on the same device.
+    method : str
+        One of :data:`METHODS`.
+    """
+    with CudaPeak(x.device) as peak:
+        _loss(forward_with(stack, x.detach().requires_grad_(True), method)).backward()
+    stack.zero_grad(set_to_none=True)
+    return peak.mib
+
+
+def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int = 5) -> float:
+    """Wall time (s) of one forward + backward pass with ``method``: the minimum over
+    ``repeats`` runs after a warm-up (the least disturbed by other load).
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x : torch.Tensor, shape (B, ...)
+        Input of the stack.
+    method : str
+        One of :data:`METHODS`.
+    repeats : int
+        Timed runs.
+    """
+    times = []
+    for _ in range(repeats + 1):  # the first one warms up
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        _loss(forward_with(stack, x, method)).backward()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    stack.zero_grad(set_to_none=True)
+    return min(times[1:])
+
+
+def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int = 16,
+                        batch: int = 32, input_seed: int = 123,
+                        scheme: str = "euler") -> dict:
+    """Reconstruction and gradient errors of the discrete adjoint against depth.
+
+    For tanh stacks (:func:`resode_tut.tanh_stack`, float64, ``scheme``) of
+    each depth (number of residual functions),
+    weight kind and seed: the largest reconstruction error
+    ``max_n ||x~_n - x_n||`` (mean over inputs) and the relative gradient
+    error of the adjoint against backprop.
+
+    Parameters
+    ----------
+    depths : sequence of int
+        Numbers of residual functions.
+    kinds : sequence of {"smooth", "iid"}
+        Weight kinds.
+    seeds : sequence of int
+        One network per seed.
+    dim : int
+        State size.
+    batch : int
+        Inputs per comparison.
+    input_seed : int
+        Seeds the inputs.
+    scheme : {"euler", "heun"}
+
+    Returns
+    -------
+    dict
+        ``{"reconstruction": {kind: array (K,)}, "gradient": {kind: array (K,)}}``,
+        means over seeds.
+    """
+    x = torch.randn(batch, dim, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(input_seed))
+    out = {"reconstruction": {}, "gradient": {}}
+    for kind in kinds:
+        rec = np.zeros((len(depths), len(seeds)))
+        grad = np.zeros((len(depths), len(seeds)))
+        for i, N in enumerate(depths):
+            for j, s in enumerate(seeds):
+                stack = tanh_stack(N, kind, seed=s, dim=dim, scheme=scheme)
+                with torch.no_grad():
+                    traj = stack.trajectory(x)
+                rec[i, j] = max_state_distance(traj, reconstruct(stack, traj[-1])) \
+                    .mean().item()
+                grad[i, j] = relative_error(gradients(stack, x, "backprop"),
+                                            gradients(stack, x, "adjoint"))
+        out["reconstruction"][kind] = rec.mean(axis=1)
+        out["gradient"][kind] = grad.mean(axis=1)
+    return out

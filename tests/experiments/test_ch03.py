@@ -1,0 +1,74 @@
+"""Chapter 3's gradient methods, classifier and benchmark."""
+import pytest
+import torch
+
+from resode_tut import tanh_stack
+from resode_tut.datasets import digits
+from resode_tut.experiments import ch03 as bench
+from resode_tut.experiments.classifier import (
+    ResidualClassifier,
+    accuracy,
+    train_classifier,
+)
+from resode_tut.experiments.gradient_methods import (
+    METHODS,
+    forward_with,
+    gradients,
+    relative_error,
+    saved_bytes,
+)
+
+
+def test_classifier_twins_share_initial_weights_and_learn():
+    torch.manual_seed(0)
+    net = ResidualClassifier(64, 10, depth=4)
+    twin = net.with_adjoint(True)
+    assert twin.stage.adjoint and not net.stage.adjoint
+    for p, q in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(p, q) and p is not q
+    data = digits()
+    before = accuracy(net, data[2], data[3])
+    hist = train_classifier(net, data, epochs=2)
+    assert hist.test_accuracy[-1] > max(0.80, before + 0.30)
+
+
+def test_benchmark_rows_and_table():
+    rows = bench.adjoint_benchmark([4, 8], dim=8, batch=16, repeats=1, timed=[8],
+                                   errors=[4], show_progress=False)
+    assert len(rows) == 2 * 4
+    by = {(r["N"], r["method"]): r for r in rows}
+    assert by[4, "backprop"]["grad_error"] == 0 and by[8, "adjoint"]["grad_error"] is None
+    assert by[4, "adjoint"]["ms"] is None and by[8, "adjoint"]["ms"] > 0
+    assert by[8, "backprop"]["mib"] == 2 * by[4, "backprop"]["mib"]
+    assert "odeint_adjoint" in bench.format_table(rows)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_methods_give_the_stack_output_and_exact_ones_agree_with_backprop(scheme):
+    stack = tanh_stack(20, "smooth", seed=0, dim=3, scheme=scheme)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    expected = stack(x)
+    for m in METHODS:
+        torch.testing.assert_close(forward_with(stack, x, m), expected, rtol=1e-12, atol=1e-12)
+    ref = gradients(stack, x, "backprop")
+    assert relative_error(ref, gradients(stack, x, "checkpoint")) < 1e-12
+    for m in ("adjoint", "odeint_adjoint"):
+        assert 0 < relative_error(ref, gradients(stack, x, m)) < 0.5
+
+
+def test_memory_growth_backprop_linear_adjoint_flat():
+    x = torch.randn(32, 8, requires_grad=True)
+    small, large = (tanh_stack(N, "smooth", dim=8, dtype=torch.float32) for N in (8, 64))
+    assert saved_bytes(large, x, "backprop") >= 7 * saved_bytes(small, x, "backprop")
+    assert saved_bytes(large, x, "adjoint") == saved_bytes(small, x, "adjoint") == 32 * 8 * 4
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown gradient method 'fast'"):
+        forward_with(tanh_stack(4), torch.randn(2, 2, dtype=torch.float64), "fast")
+
+
+def test_cuda_peak_needs_a_cuda_tensor():
+    from resode_tut.experiments.gradient_methods import cuda_peak_mib
+    with pytest.raises(ValueError, match="CUDA device"):
+        cuda_peak_mib(tanh_stack(4), torch.randn(2, 2, dtype=torch.float64), "adjoint")

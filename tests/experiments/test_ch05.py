@@ -1,0 +1,61 @@
+"""Chapter 5's solver grid, crossings and fan."""
+import pytest
+import torch
+
+from resode_tut import NeuralODE, Solver, SphereField
+from resode_tut.datasets import xor
+from resode_tut.experiments.ch05 import (
+    crossing_pairs,
+    load_task,
+    solver_grid,
+    train_runs,
+    windermere_fan,
+)
+
+
+def test_crossings_found_by_geometry():
+    # two segments that cross in step 0, then run parallel; a third one apart
+    t = torch.tensor([[[0., 0.], [0., 1.], [5., 5.]],
+                      [[1., 1.], [1., 0.], [6., 5.]],
+                      [[2., 2.], [2., 1.], [7., 5.]]])
+    assert crossing_pairs(t) == [(0, 1)]
+    assert crossing_pairs(t, same_step=False) == [(0, 1)]
+    # an exact rotation never crosses: concentric circles
+    ang = torch.linspace(0, 1, 50)[:, None]
+    r = torch.tensor([0.5, 1.0, 1.5])[None]
+    circles = torch.stack([r * torch.cos(ang), r * torch.sin(ang)], -1)
+    assert crossing_pairs(circles) == [] and crossing_pairs(circles, same_step=False) == []
+    with pytest.raises(ValueError, match="shape"):
+        crossing_pairs(torch.zeros(5, 3, 3))
+
+
+@pytest.mark.slow
+def test_grid_runs_in_parallel_and_matches_a_serial_run():
+    solvers = [Solver("euler", 1 / 2), Solver("euler", 1 / 4)]
+    g1, m1 = solver_grid("spheres2d", solvers, iterations=5, processes=1)
+    g2, _ = solver_grid("spheres2d", solvers, iterations=5, processes=2)
+    assert g1.accuracy == g2.accuracy
+    assert set(g1.accuracy[solvers[0]]) >= {("own", 1), ("rk4", "ref"), ("midpoint", 2.0)}
+    (model, hist, log), = train_runs([dict(task="spheres2d", solver=Solver("euler", 1 / 2),
+                                           adapt="step", iterations=100)], processes=1)
+    assert len(log) == 2 and hist.iteration[-1] == 100 and hist.mean_nfe > 0
+    with pytest.raises(ValueError, match="unknown adapt"):
+        train_runs([dict(task="spheres2d", solver=Solver("euler", 1), adapt="grid",
+                         iterations=1)])
+    with pytest.raises(ValueError, match="unknown task"):
+        load_task("mnist")
+
+
+@pytest.mark.slow
+def test_fan_starts_on_the_euler_points():
+    torch.manual_seed(1)
+    model = NeuralODE(SphereField(8), (2,), 2, Solver("euler", 1 / 4))
+    x = xor()[0]
+    euler, exact = windermere_fan(model, x, 1 / 4)
+    assert euler.shape == (5, 4, 2) and len(exact) == 4
+    for n, curve in enumerate(exact):
+        torch.testing.assert_close(curve[0], euler[n])
+    torch.testing.assert_close(exact[0][-1], model.flow(x, Solver("dopri5", tol=1e-8))[-1],
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="integer"):
+        windermere_fan(model, x, 0.3)

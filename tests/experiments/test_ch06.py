@@ -1,0 +1,260 @@
+"""Chapter 6's CIFAR measurements, training and result cache."""
+import copy
+import dataclasses
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resode_tut import CifarResNet, untie
+from resode_tut.datasets import cifar as cifar_data
+from resode_tut.datasets.cifar import cifar10
+from resode_tut.experiments import ch06 as finetune
+from resode_tut.experiments.cifar_training import (
+    gradient_agreement,
+    stage_saved_bytes,
+    train,
+)
+
+
+def _write_batches(root: Path, n_per_batch: int = 40, names: str = ".jpg", seed: int = 0):
+    """A fake ``cifar-10-batches-py`` folder: class-coloured noise, learnable."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, n_per_batch)
+        images = rng.integers(0, 256, (n_per_batch, 3, 32, 32)).astype(np.float64)
+        images[:, 0] = 0.5 * images[:, 0] + 12 * labels[:, None, None]  # the class is visible
+        batch = {b"data": images.clip(0, 255).astype(np.uint8).reshape(n_per_batch, -1),
+                 b"labels": labels.tolist(),
+                 b"filenames": [f"img_{i}{names}".encode() for i in range(n_per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+TINY = finetune.FinetuneConfig("tiny", train_images=120, test_images=40, channels=4,
+                               pretrain_depth=2, pretrain_epochs=1, depth=8, epochs=1,
+                               batch=40, eval_depths=(2, 8), memory_depths=(2, 8),
+                               memory_batch=8, gradient_depths=(2, 8), gradient_batch=8)
+
+
+def _fake_result(config, device="cpu"):
+    """A complete result of ``config`` with made-up numbers (for cache tests only)."""
+    from resode_tut.experiments.finetune_result import (
+        Agreement,
+        FineTuning,
+        Gradients,
+        Memory,
+        Pretraining,
+    )
+    methods = finetune.METHODS
+    agree = lambda: Agreement([0.1], 0.1, 0.1, 0.3)
+    return finetune.FinetuneResult(
+        config=config, key=finetune.cache_key(config, device), code=finetune.code_version(),
+        device="cpu", torch=torch.__version__, data_source="test", train_images=1,
+        test_images=1,
+        pretrain=Pretraining(config.pretrain_depth, [0.5], [1.0], [1.0], {2: 0.45}, 0.4),
+        depth=config.depth,
+        finetune={m: FineTuning([0.5] * (config.epochs + 1), [1.0] * config.epochs,
+                                [1.0] * config.epochs) for m in methods},
+        memory=Memory(list(config.memory_depths), 1,
+                      {m: [1] * len(config.memory_depths) for m in methods},
+                      {m: [] for m in methods}),
+        gradients=Gradients(list(config.gradient_depths), 1,
+                            [agree() for _ in config.gradient_depths],
+                            {m: agree() for m in methods}),
+        seconds=1.0, load_average=[0.25, 0.5])
+
+
+_WRITER = """
+import sys
+sys.path.insert(0, {root!r})
+from resode_tut.experiments import ch06 as finetune
+import test_ch06
+tiny = test_ch06.TINY
+result = test_ch06._fake_result(tiny)
+result.pretrain.train_loss = [1.0] * 100_000       # a large file: a torn write would be seen
+finetune.run = lambda *a, **k: result
+for _ in range(15):
+    finetune.train_or_load(tiny, "cpu", {out!r}, force=True)
+"""
+
+
+def test_adjoint_keeps_one_state_whatever_the_depth():
+    x = torch.randn(6, 3, 32, 32)
+    state = 6 * 16 * 10 * 10 * 4  # bytes of one float32 stage state
+    for depth in (4, 16):
+        model = CifarResNet(depth, zero_init=False)
+        assert stage_saved_bytes(model, x, "adjoint") == state
+        backprop = stage_saved_bytes(model, x, "backprop")
+        assert 3 * depth * state <= backprop <= 5 * depth * state
+
+
+def test_gradient_agreement_is_exact_when_the_residuals_vanish():
+    # zero-initialised functions are f = 0: the Euler reversal is exact
+    model = CifarResNet(8, zero_init=True)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    out = gradient_agreement(model, x, y)
+    assert out.total < 1e-5 and out.max < 1e-8
+
+
+@pytest.mark.slow
+def test_gradient_agreement_improves_with_depth():
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    errors = [gradient_agreement(CifarResNet(n, zero_init=False, seed=0), x, y).median
+              for n in (4, 16, 64)]
+    assert errors[0] > 3 * errors[1] > 9 * errors[2], errors
+    with pytest.raises(ValueError, match="gradient method"):
+        stage_saved_bytes(CifarResNet(2), x, "checkpoint")
+
+
+@pytest.mark.slow
+def test_training_is_seeded_and_the_adjoint_follows_backprop(tmp_path):
+    _write_batches(tmp_path, 32)
+    tr, te = cifar10(tmp_path, True), cifar10(tmp_path, False)
+    runs = {}
+    for name, method in (("a", "backprop"), ("b", "backprop"), ("c", "adjoint")):
+        model = untie(CifarResNet(2, channels=4, tied=True, zero_init=False, seed=0), 16)
+        runs[name] = train(model, tr, te, epochs=2, lr=0.05, method=method, batch=32, seed=5)
+        assert model.stage.adjoint is False
+    assert runs["a"].train_loss == runs["b"].train_loss
+    assert np.allclose(runs["a"].train_loss, runs["c"].train_loss, rtol=2e-2)
+    assert runs["a"].train_loss[-1] < runs["a"].train_loss[0]  # it learns
+
+
+def test_the_cache_key_follows_configuration_device_and_code(monkeypatch):
+    key = finetune.cache_key(TINY, "cpu")
+    assert key == finetune.cache_key(TINY, "cpu")
+    assert key != finetune.cache_key(finetune.FinetuneConfig(**{**TINY.__dict__, "lr": 0.02}),
+                                     "cpu")
+    assert key != finetune.cache_key(TINY, "cuda")
+    monkeypatch.setattr(finetune, "code_version", lambda: "something else")
+    assert key != finetune.cache_key(TINY, "cpu")
+
+
+def test_bad_configuration_or_device_is_named():
+    with pytest.raises(ValueError, match="unknown configuration 'huge'"):
+        finetune.run("huge")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        finetune.run(TINY, device="gpu0")
+
+
+def test_command_line_runs_writes_and_serves_only_current_results(tmp_path, monkeypatch, capsys):
+    _write_batches(tmp_path / "data", 40)
+    monkeypatch.setitem(finetune.CONFIGS, "tiny", TINY)
+    out = tmp_path / "results"
+    argv = ["--config", "tiny", "--device", "cpu", "--data", str(tmp_path / "data"),
+            "--out", str(out)]
+    assert finetune.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert cifar_data.JPEG_MIRROR in printed
+    [path] = out.glob("finetune-tiny-*.json")
+    assert path.with_suffix(".png").is_file()
+    result = finetune.FinetuneResult.from_json(path.read_text(), finetune.FinetuneConfig)
+    assert result.data_source == cifar_data.JPEG_MIRROR and result.train_images == 120
+    assert len(result.finetune["adjoint"].test_accuracy) == 2  # start + 1 epoch
+    assert result.config == TINY and result.pretrain.accuracy_at_depth.keys() == {2, 8}
+    loaded = finetune.load(TINY, "cpu", out)
+    assert loaded == result and loaded.cached and loaded.path == str(path)
+    # a change of code makes the stored result stale: never served
+    monkeypatch.setattr(finetune, "code_version", lambda: "changed")
+    assert finetune.load(TINY, "cpu", out) is None
+    # and a result file whose content has another key is not served either
+    monkeypatch.undo()
+    monkeypatch.setitem(finetune.CONFIGS, "tiny", TINY)
+    path.write_text(dataclasses.replace(result, key="old").to_json())
+    assert finetune.load(TINY, "cpu", out) is None
+
+
+def test_the_result_round_trips_through_json_and_malformed_files_are_named():
+    good = _fake_result(TINY)
+    back = finetune.FinetuneResult.from_json(good.to_json(), finetune.FinetuneConfig)
+    assert back == good and isinstance(back.config, finetune.FinetuneConfig)
+    data = json.loads(good.to_json())
+    for broken, message in ((good.to_json()[:100], "not JSON"),
+                            (json.dumps({k: v for k, v in data.items() if k != "memory"}),
+                             "missing \\['memory'\\]"),
+                            (json.dumps({**data, "extra": 1}), "unexpected \\['extra'\\]"),
+                            (json.dumps({**data, "memory": None}), "Memory: expected an object"),
+                            ("[]", "malformed")):
+        with pytest.raises(finetune.MalformedResult, match=message):
+            finetune.FinetuneResult.from_json(broken, finetune.FinetuneConfig)
+
+
+def test_validate_names_what_is_incomplete_or_not_finite():
+    good = _fake_result(TINY)
+    assert finetune.validate(good, TINY) is None
+    no_load = dataclasses.replace(good, load_average=[float("nan"), float("nan")])
+    assert finetune.validate(no_load, TINY) is None      # an OS without load averages
+    short = copy.deepcopy(good)
+    short.finetune["adjoint"].test_accuracy.pop()
+    assert "adjoint: 0 of 1 epochs" in finetune.validate(short, TINY)
+    nan = copy.deepcopy(good)
+    nan.gradients.pretrained[0].median = float("nan")
+    assert "1 non-finite" in finetune.validate(nan, TINY)
+    assert "another configuration" in finetune.validate(good, finetune.CONFIGS["quick"])
+
+
+def test_damaged_or_incomplete_cache_files_are_recomputed_with_a_warning(tmp_path, monkeypatch):
+    runs = []
+    monkeypatch.setattr(finetune, "run", lambda *a, **k: runs.append(1) or _fake_result(TINY))
+    first = finetune.train_or_load(TINY, "cpu", tmp_path)
+    assert runs == [1] and not first.cached
+    path = Path(first.path)
+    assert finetune.train_or_load(TINY, "cpu", tmp_path).cached and runs == [1]
+    short = _fake_result(TINY)
+    short.finetune["backprop"].test_accuracy.pop()
+    for damage in (path.read_text()[:200], "", short.to_json()):
+        path.write_text(damage)
+        with pytest.warns(UserWarning, match="ignoring the (damaged|incomplete) result file"):
+            assert finetune.load(TINY, "cpu", tmp_path) is None
+        with pytest.warns(UserWarning):
+            assert not finetune.train_or_load(TINY, "cpu", tmp_path).cached
+        assert finetune.load(TINY, "cpu", tmp_path) == _fake_result(TINY)   # repaired
+    assert len(runs) == 4
+
+
+def test_an_incomplete_run_is_never_cached(tmp_path, monkeypatch):
+    broken = _fake_result(TINY)
+    broken.finetune["backprop"].test_accuracy = [float("nan")] * (TINY.epochs + 1)
+    monkeypatch.setattr(finetune, "run", lambda *a, **k: broken)
+    with pytest.raises(RuntimeError, match="non-finite.*not cached"):
+        finetune.train_or_load(TINY, "cpu", tmp_path)
+    assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.slow
+def test_two_writers_and_a_reader_never_see_half_a_file(tmp_path):
+    import subprocess
+    import sys
+
+    code = _WRITER.format(root=str(Path(__file__).parent), out=str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    writers = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
+    seen = 0
+    while any(w.poll() is None for w in writers):
+        for path in tmp_path.glob("finetune-*.json"):
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue
+            json.loads(text)        # never a JSONDecodeError: the file is whole
+            seen += 1
+    assert [w.wait() for w in writers] == [0, 0]
+    assert seen > 0 and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_peak_of_the_adjoint_is_below_backprop():
+    from resode_tut.experiments.cifar_training import cuda_step_peak_mib
+
+    model = CifarResNet(32, zero_init=False).cuda()
+    x, y = torch.randn(64, 3, 32, 32, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
+    assert cuda_step_peak_mib(model, x, y, "adjoint") < cuda_step_peak_mib(model, x, y,
+                                                                            "backprop") / 4

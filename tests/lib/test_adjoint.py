@@ -1,0 +1,177 @@
+"""The memory-free discrete adjoint against backpropagation (autograd)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from resode_tut import ReconstructionError, ResidualStack, loglog_slope, tanh_stack
+
+
+class Coupling(nn.Module):
+    """f(x) = (0, g(x_a)): a step only changes x_b, from x_a alone, so the Euler
+    reversal x_n = x_{n+1} - h f(x_{n+1}) and the reversed Heun step are exact."""
+
+    def __init__(self, d=2, width=8):
+        super().__init__()
+        self.d = d
+        self.g = nn.Sequential(nn.Linear(d, width), nn.Tanh(), nn.Linear(width, d))
+
+    def forward(self, x):
+        a = x[:, :self.d]
+        return torch.cat([torch.zeros_like(a), self.g(a)], dim=1)
+
+
+def grads(stack, x, weight=None):
+    x = x.clone().requires_grad_(True)
+    out = stack(x)
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * w).sum().backward()
+    g = [x.grad.clone()] + [p.grad.clone() for p in stack.parameters()]
+    stack.zero_grad()
+    return out.detach(), g
+
+
+def twin(functions, **kw):
+    return ResidualStack(functions, **kw), ResidualStack(functions, adjoint=True, **kw)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_identical_and_exact_case_matches_backprop(dtype, scheme):
+    torch.manual_seed(0)
+    fs = [Coupling().to(dtype) for _ in range(12)]
+    plain, adj = twin(fs, scheme=scheme)
+    x = torch.randn(5, 4, dtype=dtype)
+    out_p, g_p = grads(plain, x)
+    out_a, g_a = grads(adj, x)
+    assert torch.equal(out_p, out_a)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for gp, ga in zip(g_p, g_a):
+        torch.testing.assert_close(ga, gp, rtol=tol, atol=tol)
+
+
+def rel_error(g_ref, g):
+    num = sum((a - b).square().sum() for a, b in zip(g_ref, g))
+    return (num / sum(a.square().sum() for a in g_ref)).sqrt().item()
+
+
+def adjoint_errors(scheme, depths, weights="smooth"):
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    errs = []
+    for N in depths:
+        plain = tanh_stack(N, weights, seed=2, scheme=scheme)
+        adj = ResidualStack(list(plain.functions), scheme=scheme, adjoint=True)
+        errs.append(rel_error(grads(plain, x)[1], grads(adj, x)[1]))
+    return errs
+
+
+def test_gradient_error_falls_like_one_over_depth():
+    depths = [16, 64, 256]
+    errs = adjoint_errors("euler", depths)
+    assert errs[-1] < 1e-2
+    assert loglog_slope(depths, errs) <= -0.9
+
+
+def test_heun_gradient_error_is_second_order_with_smooth_weights():
+    depths = [16, 64, 256]
+    heun = adjoint_errors("heun", depths)
+    euler = adjoint_errors("euler", depths)
+    assert loglog_slope(depths, heun) <= -1.8
+    assert all(a < b for a, b in zip(heun, euler))
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_tied_weights_receive_the_sum_over_layers(scheme):
+    torch.manual_seed(3)
+    f = Coupling().double()
+    plain, adj = twin([f] * 10, scheme=scheme)
+    x = torch.randn(4, 4, dtype=torch.float64)
+    _, g_p = grads(plain, x)
+    _, g_a = grads(adj, x)
+    assert len(g_a) == 1 + len(list(f.parameters()))   # one shared set of parameters
+    for gp, ga in zip(g_p, g_a):
+        torch.testing.assert_close(ga, gp, rtol=1e-12, atol=1e-12)
+
+
+def conv_bn_block(c=3):
+    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.Tanh(),
+                         nn.Conv2d(c, c, 3, padding=1))
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_batchnorm_statistics_and_modes_end_as_after_a_plain_forward(scheme):
+    torch.manual_seed(4)
+    fs = [conv_bn_block() for _ in range(32)]
+    fs_copy = [conv_bn_block() for _ in range(32)]
+    for a, b in zip(fs, fs_copy):
+        b.load_state_dict(a.state_dict())
+    plain = ResidualStack(fs_copy, scheme=scheme)
+    adj = ResidualStack(fs, scheme=scheme, adjoint=True)
+    x = torch.randn(6, 3, 8, 8)
+    _, g_p = grads(plain, x)
+    _, g_a = grads(adj, x)
+    for a, b in zip(fs, fs_copy):
+        assert a.training and b.training and a[1].training
+        for (name, ba), bb in zip(a.named_buffers(), b.buffers()):
+            torch.testing.assert_close(ba, bb, msg=f"buffer {name} differs")
+    assert rel_error(g_p, g_a) < 0.05   # train-mode BN, approximate reversal, N = 32
+    adj.eval()
+    _, g_eval = grads(adj, x)
+    assert not any(f.training for f in fs)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_non_finite_reconstruction_raises(scheme):
+    class Blowup(nn.Module):
+        def forward(self, x):
+            return -1e10 * x ** 2
+
+    stack = ResidualStack([Blowup(), Blowup()], scheme=scheme, adjoint=True)
+    x = torch.ones(2, 1, dtype=torch.float32, requires_grad=True)  # overflows on reversal
+    out = stack(x)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ReconstructionError, match="not finite"):
+        out.sum().backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    torch.manual_seed(5)
+    fs = [Coupling().double() for _ in range(8)]
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for scheme in ("euler", "heun"):
+        _, g_cpu = grads(ResidualStack(fs, scheme=scheme, adjoint=True), x)
+        fs_gpu = [copy.deepcopy(f).cuda() for f in fs]
+        _, g_gpu = grads(ResidualStack(fs_gpu, scheme=scheme, adjoint=True), x.cuda())
+        for a, b in zip(g_cpu, g_gpu):
+            torch.testing.assert_close(b.cpu(), a)
+
+
+class Scaled(nn.Module):
+    def __init__(self, f, eps):
+        super().__init__()
+        self.f, self.eps = f, eps
+
+    def forward(self, x):
+        return self.eps * self.f(x)
+
+
+def test_reversal_error_matches_the_taylor_expansion():
+    """One step of size eps forward and back: Euler leaves -eps^2 f'f, Heun
+    eps^2/4 (b' - a')(a - b), both up to O(eps^3) (chapter 4, eq. reversal-error)."""
+    from resode_tut import TanhLayer, reverse_step
+    torch.manual_seed(6)
+    a, b = TanhLayer(3).double(), TanhLayer(3).double()
+    x = torch.randn(3, dtype=torch.float64)
+    jac = lambda f: torch.func.jacrev(f)(x)
+    eps = 1e-3
+    predicted = {"euler": -eps ** 2 * jac(a) @ a(x),
+                 "heun": eps ** 2 / 4 * (jac(b) - jac(a)) @ (a(x) - b(x))}
+    for scheme, functions in (("euler", [Scaled(a, eps)]),
+                              ("heun", [Scaled(a, eps), Scaled(b, eps)])):
+        stack = ResidualStack(functions, scheme=scheme)   # h = 1: the step is eps
+        with torch.no_grad():
+            back = reverse_step(stack, 0, stack(x[None]))[0]
+        err = back - x
+        assert (err - predicted[scheme]).norm() < 1e-2 * predicted[scheme].norm()

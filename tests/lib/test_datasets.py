@@ -1,0 +1,168 @@
+"""Data sets: spheres and digits; CIFAR-10 loading, download and augmentation, checked
+against hand-made files."""
+import hashlib
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resode_tut import datasets
+from resode_tut.datasets import cifar as cifar_data
+from resode_tut.datasets import concentric_spheres, digits, xor
+from resode_tut.datasets.cifar import augment, cifar10, normalise
+
+SHARED_ROOT = os.environ.get("RESODE_DATA", "")
+
+
+def _write_batches(root: Path, n_per_batch: int = 40, names: str = ".jpg", seed: int = 0):
+    """A fake ``cifar-10-batches-py`` folder: class-coloured noise, learnable."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, n_per_batch)
+        images = rng.integers(0, 256, (n_per_batch, 3, 32, 32)).astype(np.float64)
+        images[:, 0] = 0.5 * images[:, 0] + 12 * labels[:, None, None]  # the class is visible
+        batch = {b"data": images.clip(0, 255).astype(np.uint8).reshape(n_per_batch, -1),
+                 b"labels": labels.tolist(),
+                 b"filenames": [f"img_{i}{names}".encode() for i in range(n_per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+def _archive(tmp_path) -> Path:
+    src = tmp_path / "src"
+    _write_batches(src, 10)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive
+
+
+def test_data_module_exposes_the_loader():
+    assert datasets.cifar10 is cifar10 and datasets.cifar.cifar10 is cifar10
+
+
+def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        cifar10(tmp_path, train=True)
+    msg = str(err.value)
+    assert str(tmp_path / "cifar-10-batches-py") in msg
+    assert "download=True" in msg and "make_cifar10.py" in msg
+
+
+def test_reads_the_python_batch_layout_and_names_the_copy(tmp_path):
+    _write_batches(tmp_path, 40)
+    train_split, test_split = cifar10(tmp_path, True), cifar10(tmp_path, False)
+    assert train_split.images.shape == (200, 3, 32, 32) and train_split.images.dtype == torch.uint8
+    assert test_split.labels.shape == (40,) and test_split.labels.dtype == torch.int64
+    assert train_split.source == cifar_data.JPEG_MIRROR
+    # pixel (c, i, j) of image k is byte c*1024 + i*32 + j of row k (CHW order)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "rb") as f:
+        row = pickle.load(f)[b"data"][3]
+    assert train_split.images[43, 2, 5, 7] == row[2 * 1024 + 5 * 32 + 7]
+    other = tmp_path / "other"
+    _write_batches(other, 10, names=".png")
+    assert cifar10(other, False).source == cifar_data.UNKNOWN
+
+
+def test_official_batches_are_recognised_by_md5(tmp_path, monkeypatch):
+    folder = _write_batches(tmp_path, 10, names=".png")
+    md5 = hashlib.md5((folder / "test_batch").read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar_data, "_TEST", (("test_batch", md5),))
+    assert cifar10(tmp_path, False).source == cifar_data.OFFICIAL
+
+
+def test_download_checks_the_md5_and_unpacks(tmp_path, monkeypatch):
+    archive = _archive(tmp_path)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar_data, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(cifar_data, "CIFAR10_MD5", md5)
+    split = cifar10(tmp_path / "root", train=False, download=True)
+    assert len(split) == 10
+
+
+def test_download_with_a_wrong_md5_fails_clearly(tmp_path, monkeypatch):
+    archive = _archive(tmp_path)
+    monkeypatch.setattr(cifar_data, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(cifar_data, "CIFAR10_MD5", "0" * 32)
+    with pytest.raises(RuntimeError, match="MD5"):
+        cifar10(tmp_path / "root", train=False, download=True)
+
+
+def test_failed_download_names_the_url_and_the_offline_route(tmp_path, monkeypatch):
+    url = (tmp_path / "nowhere.tar.gz").as_uri()
+    monkeypatch.setattr(cifar_data, "CIFAR10_URL", url)
+    with pytest.raises(RuntimeError) as err:
+        cifar10(tmp_path / "root", train=False, download=True)
+    assert url in str(err.value) and "make_cifar10.py" in str(err.value)
+
+
+@pytest.mark.skipif(not (Path(SHARED_ROOT) / "cifar-10-batches-py").is_dir(),
+                    reason="set RESODE_DATA to a folder made by ../shared/data/make_cifar10.py")
+def test_the_real_data_set():
+    train_split, test_split = cifar10(SHARED_ROOT, True), cifar10(SHARED_ROOT, False)
+    assert len(train_split) == 50000 and len(test_split) == 10000
+    assert torch.bincount(train_split.labels).tolist() == [5000] * 10
+    assert train_split.source in (cifar_data.JPEG_MIRROR, cifar_data.OFFICIAL)
+    # the published per-channel means of the training images, to JPEG precision
+    mean = train_split.images[:10000].double().mean(dim=(0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor(cifar_data.MEAN, dtype=torch.float64), atol=5e-3)
+
+
+def test_normalise_matches_the_formula_and_rejects_bad_shapes():
+    x = torch.rand(2, 3, 4, 4)
+    out = normalise(x)
+    assert torch.allclose(out[1, 2], (x[1, 2] - cifar_data.MEAN[2]) / cifar_data.STD[2])
+    with pytest.raises(ValueError, match="shape"):
+        normalise(torch.rand(3, 4, 4))
+    with pytest.raises(ValueError, match="float"):
+        normalise(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+
+
+def test_augment_returns_a_window_of_the_padded_image_possibly_mirrored():
+    x = torch.rand(16, 3, 8, 8)
+    out = augment(x, torch.Generator().manual_seed(0), padding=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    flips = 0
+    for k in range(len(x)):  # brute force over every offset and flip
+        found = []
+        for i in range(5):
+            for j in range(5):
+                window = padded[k, :, i:i + 8, j:j + 8]
+                found += [f for f, v in ((False, window), (True, window.flip(-1)))
+                          if torch.equal(out[k], v)]
+        assert found, f"image {k} is not a crop of its padded image"
+        flips += all(found)
+    assert 0 < flips < len(x)  # both flipped and unflipped images occur
+    again = augment(x, torch.Generator().manual_seed(0), padding=2)
+    assert torch.equal(out, again)
+
+
+def test_digits_split_is_standardised_and_seeded():
+    x_tr, y_tr, x_te, y_te = digits(test_fraction=0.25, seed=0)
+    assert x_tr.shape[1] == 64 and len(x_tr) + len(x_te) == 1797
+    assert len(x_te) == round(0.25 * 1797) and set(y_tr.tolist()) == set(range(10))
+    assert x_tr.mean(0).abs().max() < 1e-4
+    torch.testing.assert_close(digits(seed=0)[2], x_te)
+    assert not torch.equal(digits(seed=1)[2], x_te)
+    with pytest.raises(ValueError, match="test_fraction"):
+        digits(test_fraction=1.5)
+
+
+def test_spheres_shells_counts_and_seed():
+    x, y = concentric_spheres(400, dim=3, seed=1)
+    r = x.double().norm(dim=1)
+    assert x.shape == (400, 3) and (y == 1).sum() == 200
+    inner, middle = (r >= 0.10) & (r <= 0.15 + 1e-6), (r >= 0.25) & (r <= 0.30 + 1e-6)
+    outer = (r >= 0.40) & (r <= 0.45 + 1e-6)
+    assert (inner | middle | outer).all() and (y[middle] == 1).all() and (y[~middle] == 0).all()
+    assert torch.equal(concentric_spheres(400, 3, seed=1)[0], x)
+    with pytest.raises(ValueError, match="n >= 4"):
+        concentric_spheres(2)
+    assert xor()[1].tolist() == [0, 1, 1, 0]
