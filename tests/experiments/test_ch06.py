@@ -3,12 +3,12 @@ import copy
 import dataclasses
 import json
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import write_batches
 
 from resode_tut import CifarResNet, untie
 from resode_tut.datasets import cifar as cifar_data
@@ -19,24 +19,6 @@ from resode_tut.experiments.cifar_training import (
     stage_saved_bytes,
     train,
 )
-
-
-def _write_batches(root: Path, n_per_batch: int = 40, names: str = ".jpg", seed: int = 0):
-    """A fake ``cifar-10-batches-py`` folder: class-coloured noise, learnable."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, n_per_batch)
-        images = rng.integers(0, 256, (n_per_batch, 3, 32, 32)).astype(np.float64)
-        images[:, 0] = 0.5 * images[:, 0] + 12 * labels[:, None, None]  # the class is visible
-        batch = {b"data": images.clip(0, 255).astype(np.uint8).reshape(n_per_batch, -1),
-                 b"labels": labels.tolist(),
-                 b"filenames": [f"img_{i}{names}".encode() for i in range(n_per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-    return folder
-
 
 TINY = finetune.FinetuneConfig("tiny", train_images=120, test_images=40, channels=4,
                                pretrain_depth=2, pretrain_epochs=1, depth=8, epochs=1,
@@ -116,7 +98,7 @@ def test_gradient_agreement_improves_with_depth():
 
 @pytest.mark.slow
 def test_training_is_seeded_and_the_adjoint_follows_backprop(tmp_path):
-    _write_batches(tmp_path, 32)
+    write_batches(tmp_path, 32)
     tr, te = cifar10(tmp_path, True), cifar10(tmp_path, False)
     runs = {}
     for name, method in (("a", "backprop"), ("b", "backprop"), ("c", "adjoint")):
@@ -146,7 +128,7 @@ def test_bad_configuration_or_device_is_named():
 
 
 def test_command_line_runs_writes_and_serves_only_current_results(tmp_path, monkeypatch, capsys):
-    _write_batches(tmp_path / "data", 40)
+    write_batches(tmp_path / "data", 40)
     monkeypatch.setitem(finetune.CONFIGS, "tiny", TINY)
     out = tmp_path / "results"
     argv = ["--config", "tiny", "--device", "cpu", "--data", str(tmp_path / "data"),

@@ -1,30 +1,12 @@
 """The CIFAR ResNet, untying and BatchNorm recalibration, against independent computations."""
-import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import write_batches
 
 from resode_tut import CifarResNet, recalibrate_batchnorm, untie
 from resode_tut.datasets.cifar import cifar10, normalise
-
-
-def _write_batches(root: Path, n_per_batch: int = 40, names: str = ".jpg", seed: int = 0):
-    """A fake ``cifar-10-batches-py`` folder: class-coloured noise, learnable."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, n_per_batch)
-        images = rng.integers(0, 256, (n_per_batch, 3, 32, 32)).astype(np.float64)
-        images[:, 0] = 0.5 * images[:, 0] + 12 * labels[:, None, None]  # the class is visible
-        batch = {b"data": images.clip(0, 255).astype(np.uint8).reshape(n_per_batch, -1),
-                 b"labels": labels.tolist(),
-                 b"filenames": [f"img_{i}{names}".encode() for i in range(n_per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-    return folder
 
 
 def test_untie_a_tied_network_computes_the_same_function():
@@ -68,7 +50,7 @@ def test_cifar_resnet_rejects_wrong_inputs():
 
 
 def test_recalibration_sets_running_statistics_to_the_data_average(tmp_path):
-    _write_batches(tmp_path, 16)
+    write_batches(tmp_path, 16)
     tr = cifar10(tmp_path, True)
     model = untie(CifarResNet(2, channels=4, tied=True, zero_init=False, seed=0), 4).eval()
     before = [p.clone() for p in model.parameters()]

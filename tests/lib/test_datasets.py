@@ -6,9 +6,9 @@ import pickle
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import write_batches
 
 from resode_tut import datasets
 from resode_tut.datasets import cifar as cifar_data
@@ -18,26 +18,9 @@ from resode_tut.datasets.cifar import augment, cifar10, normalise
 SHARED_ROOT = os.environ.get("RESODE_DATA", "")
 
 
-def _write_batches(root: Path, n_per_batch: int = 40, names: str = ".jpg", seed: int = 0):
-    """A fake ``cifar-10-batches-py`` folder: class-coloured noise, learnable."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, n_per_batch)
-        images = rng.integers(0, 256, (n_per_batch, 3, 32, 32)).astype(np.float64)
-        images[:, 0] = 0.5 * images[:, 0] + 12 * labels[:, None, None]  # the class is visible
-        batch = {b"data": images.clip(0, 255).astype(np.uint8).reshape(n_per_batch, -1),
-                 b"labels": labels.tolist(),
-                 b"filenames": [f"img_{i}{names}".encode() for i in range(n_per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-    return folder
-
-
 def _archive(tmp_path) -> Path:
     src = tmp_path / "src"
-    _write_batches(src, 10)
+    write_batches(src, 10)
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
@@ -57,7 +40,7 @@ def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path):
 
 
 def test_reads_the_python_batch_layout_and_names_the_copy(tmp_path):
-    _write_batches(tmp_path, 40)
+    write_batches(tmp_path, 40)
     train_split, test_split = cifar10(tmp_path, True), cifar10(tmp_path, False)
     assert train_split.images.shape == (200, 3, 32, 32) and train_split.images.dtype == torch.uint8
     assert test_split.labels.shape == (40,) and test_split.labels.dtype == torch.int64
@@ -67,12 +50,12 @@ def test_reads_the_python_batch_layout_and_names_the_copy(tmp_path):
         row = pickle.load(f)[b"data"][3]
     assert train_split.images[43, 2, 5, 7] == row[2 * 1024 + 5 * 32 + 7]
     other = tmp_path / "other"
-    _write_batches(other, 10, names=".png")
+    write_batches(other, 10, names=".png")
     assert cifar10(other, False).source == cifar_data.UNKNOWN
 
 
 def test_official_batches_are_recognised_by_md5(tmp_path, monkeypatch):
-    folder = _write_batches(tmp_path, 10, names=".png")
+    folder = write_batches(tmp_path, 10, names=".png")
     md5 = hashlib.md5((folder / "test_batch").read_bytes()).hexdigest()
     monkeypatch.setattr(cifar_data, "_TEST", (("test_batch", md5),))
     assert cifar10(tmp_path, False).source == cifar_data.OFFICIAL

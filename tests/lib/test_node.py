@@ -1,27 +1,14 @@
 """Neural ODE classifiers and solvers against exact flows."""
 import pytest
 import torch
-from torch import nn
+from helpers import LinearField
 
 from resode_tut import NeuralODE, Solver
 
 
-class Linear(nn.Module):
-    """dz/dt = A z: exact flow expm(A t)."""
-
-    def __init__(self, A):
-        super().__init__()
-        self.A = nn.Parameter(A)
-        self.nfe = 0
-
-    def forward(self, t, z):
-        self.nfe += 1
-        return z @ self.A.T
-
-
 def test_solvers_match_the_exact_flow_and_bad_solvers_are_named():
     A = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
-    model = NeuralODE(Linear(A), (2,), 2, Solver("euler", 1 / 4)).double()
+    model = NeuralODE(LinearField(A), (2,), 2, Solver("euler", 1 / 4)).double()
     x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     exact = x @ torch.linalg.matrix_exp(A).T
     for s, tol in ((Solver("euler", 1 / 1000), 2e-3), (Solver("rk4", 1 / 8), 1e-5),

@@ -1,26 +1,13 @@
 """The ODE-regime checker on models whose answer is known."""
 import torch
-from torch import nn
+from helpers import LinearField
 
 from resode_tut import ode_regime
 
 
-class Linear(nn.Module):
-    """dz/dt = A z: exact flow expm(A t)."""
-
-    def __init__(self, A):
-        super().__init__()
-        self.A = nn.Parameter(A)
-        self.nfe = 0
-
-    def forward(self, t, z):
-        self.nfe += 1
-        return z @ self.A.T
-
-
 def test_plain_field_with_readout_and_linear_model_is_an_ode():
     A = torch.tensor([[-1.0, 0.5], [0.0, -0.5]])
-    field = Linear(A)
+    field = LinearField(A)
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] > 0).long()
     readout = lambda z: torch.stack([-z[:, 0], z[:, 0]], 1)
