@@ -21,8 +21,9 @@ for log in "${logs[@]}"; do
     if grep -q "CellTimeoutError" "$log"; then
         echo "   A cell ran longer than the per-cell limit of ${timeout} s (execute.timeout in"
         echo "   _config.yml) and was stopped. This is the cell:"
-        sed -n '/Here is a preview of the cell contents/,/^-------------------$/p' "$log" \
-            | sed -n '3,14p' | sed 's/^/      /'
+        awk '/Here is a preview of the cell contents/ {on = 1; next}
+             on && /^-------------------$/ {n++; if (n == 2) exit; next}
+             on && n == 1' "$log" | head -n 12 | sed 's/^/      /'
         echo "   Chapters run torch on RESODE_THREADS threads (default 1: robust when the cores"
         echo "   are shared); a larger value, or a CPU-heavy job beside the build, can make a cell"
         echo "   this slow. Run the chapter alone to see whether it fits the limit."
