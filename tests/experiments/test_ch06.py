@@ -217,7 +217,8 @@ def test_two_writers_and_a_reader_never_see_half_a_file(tmp_path):
     import sys
 
     code = _WRITER.format(root=str(Path(__file__).parent), out=str(tmp_path))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
     writers = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     seen = 0
     while any(w.poll() is None for w in writers):
