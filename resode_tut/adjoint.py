@@ -7,10 +7,12 @@ only the output ``x_N`` is kept.  Backward, for ``n = N-1, ..., 0``
 * reconstruct ``x~_n`` from ``x~_{n+1}`` by running the scheme backwards in
   time (:func:`reverse_step`), an approximate inverse of ``Phi_n``:
 
-  - Euler: ``x~_n = x~_{n+1} - h f_n(x~_{n+1})``, exact up to ``O(h^2)``;
+  - Euler: ``x~_n = x~_{n+1} - h f_n(x~_{n+1})``, off by ``O(h^2)`` per step, so
+    ``O(h)`` over the ``N`` steps;
   - Heun: ``x~_n = x~_{n+1} - h/2 [f_{n+1}(x~_{n+1})
-    + f_n(x~_{n+1} - h f_{n+1}(x~_{n+1}))]``, exact up to ``O(h^3)`` when the
-    weights are smooth in depth;
+    + f_n(x~_{n+1} - h f_{n+1}(x~_{n+1}))]``, off by ``O(h^4)`` per step when the
+    weights are smooth in depth (``O(h^3)`` over the ``N`` steps; chapter 4 derives
+    it), and by ``O(h^2)`` per step when they are not;
 
 * ``p_n = (d Phi_n / d x)(x~_n)^T p_{n+1}`` and
   ``grad theta += (d Phi_n / d theta)(x~_n)^T p_{n+1}``, both from one
