@@ -113,9 +113,15 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
         own = None
         t = torch.tensor([0.0, 1.0], dtype=x.dtype)
         predict = lambda s: readout(odeint(model, x, t, **s.odeint_kwargs())[-1])
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+    if y.dim() != 1 or len(x) != len(y):
+        raise ValueError(f"labels of shape {tuple(y.shape)} for {len(x)} inputs: give class "
+                         f"indices of shape ({len(x)},) (e.g. y.view(-1))")
+    if y.is_floating_point() or y.is_complex():
+        raise ValueError(f"labels of dtype {y.dtype}: give integer class indices")
     solvers = list(solvers) if solvers is not None else default_test_solvers(own)
+    if not solvers:
+        raise ValueError("solvers is empty: give the solvers to compare (or None for the "
+                         "default set), else dopri5 would only be compared with itself")
     if own is not None and own not in solvers:
         solvers = [own] + solvers
     reference = Solver("dopri5", tol=1e-7)

@@ -8,6 +8,7 @@ form (:mod:`resode_tut.bounds`).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -98,8 +99,9 @@ def tanh_stack(depth: int, weights: str = "smooth", seed: int = 0, dim: int = 2,
     -------
     ResidualStack
     """
-    if depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {depth}")
+    for name, value in (("depth", depth), ("dim", dim), ("num_modes", num_modes)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     W_bar, b_bar, sigma_W, sigma_b = tanh_mean_weights(seed, dim, rel_noise)
     theta_bar = torch.cat([W_bar.flatten(), b_bar])  # parameter order of TanhLayer
     sigma = torch.cat([sigma_W.flatten(), sigma_b])

@@ -107,6 +107,17 @@ class ResidualStack(nn.Module):
         self.scheme = scheme
         self.adjoint = adjoint
 
+    @property
+    def adjoint(self) -> bool:
+        """Whether backward uses the memory-free discrete adjoint (a bool)."""
+        return self._adjoint
+
+    @adjoint.setter
+    def adjoint(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"adjoint must be True or False, got {value!r}")
+        self._adjoint = value
+
     # -- the time grid -----------------------------------------------------
     @property
     def depth(self) -> int:

@@ -7,6 +7,8 @@ scikit-learn, no download), standardised and split with a fixed seed.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -70,8 +72,12 @@ def concentric_spheres(n: int, dim: int = 2, seed: int = 0, dtype: torch.dtype =
     (x, y)
         ``x`` of shape (n, dim), ``y`` of shape (n,) int64, shuffled.
     """
-    if n < 4 or dim < 1:
-        raise ValueError(f"need n >= 4 points and dim >= 1, got n={n}, dim={dim}")
+    for name, value, least in (("n", n, 4), ("dim", dim, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype} (points lie "
+                         "within radius 0.45: an integer dtype would round them all to 0)")
     gen = torch.Generator().manual_seed(seed)
     counts = [n // 4, n - 2 * (n // 4), n // 4]
     xs, ys = [], []

@@ -20,5 +20,6 @@ module                 used by
 ``cifar_training``     chapter 6 (CIFAR training and measurements)
 ``plots``              chapters 1-4
 ``cache``              chapter 6 (what a cached result depends on)
+``cli``                chapters 3 and 6 (argument types of the command lines)
 =====================  ==========================================================
 """

@@ -22,6 +22,7 @@ import torch
 from ..progress import progress
 from ..residual_functions import tanh_stack
 from .classifier import ResidualClassifier, train_classifier
+from .cli import positive_int, torch_device
 from .gradient_methods import (
     METHODS,
     adjoint_error_sweep,
@@ -127,11 +128,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m resode_tut.experiments.ch03",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("which", choices=["adjoint"], help="benchmark to run")
-    parser.add_argument("--depths", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--depths", type=positive_int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--dim", type=positive_int, default=256)
+    parser.add_argument("--batch", type=positive_int, default=256)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--device", type=torch_device,
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print(f"device {args.device}, torch {torch.__version__}, threads "

@@ -52,6 +52,7 @@ from .cifar_training import (
     stage_saved_bytes,
     train,
 )
+from .cli import torch_device
 from .finetune_result import (
     FinetuneResult,
     FineTuning,
@@ -546,7 +547,8 @@ def main(argv=None) -> int:
         description="Fine-tune a deep CIFAR-10 ResNet with the adjoint and with backprop "
                     "(chapter 6); writes JSON and a figure, cached by configuration and code.")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="gpu-full")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=torch_device,
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", default=None,
                         help="folder holding cifar-10-batches-py (default $RESODE_DATA "
                              "or ~/.cache/resode_tut)")

@@ -72,3 +72,17 @@ def test_cuda_peak_needs_a_cuda_tensor():
     from resode_tut.experiments.gradient_methods import cuda_peak_mib
     with pytest.raises(ValueError, match="CUDA device"):
         cuda_peak_mib(tanh_stack(4), torch.randn(2, 2, dtype=torch.float64), "adjoint")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["adjoint", "--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    (["adjoint", "--dim", "0"], "--dim: must be a positive integer, got 0"),
+    (["adjoint", "--batch", "-3"], "--batch: must be a positive integer, got -3"),
+    (["adjoint", "--depths", "16", "x"], "--depths: 'x' is not an integer"),
+    (["adjoint", "--device", "gpu0"], "--device: unknown device 'gpu0'"),
+])
+def test_command_line_names_a_bad_argument_before_any_work(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "adjoint_benchmark", lambda *a, **k: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as stop:
+        bench.main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err

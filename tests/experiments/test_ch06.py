@@ -241,3 +241,14 @@ def test_cuda_peak_of_the_adjoint_is_below_backprop():
     x, y = torch.randn(64, 3, 32, 32, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
     assert cuda_step_peak_mib(model, x, y, "adjoint") < cuda_step_peak_mib(model, x, y,
                                                                             "backprop") / 4
+
+
+def test_command_line_names_an_unknown_device_before_any_work(capsys, monkeypatch):
+    monkeypatch.setattr(finetune, "train_or_load", lambda *a, **k: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(["--config", "quick", "--device", "gpu0"])
+    assert stop.value.code == 2 and "--device: unknown device 'gpu0'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            finetune.main(["--config", "quick", "--device", "cuda"])
+        assert "torch sees no GPU" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pickle
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import write_batches
@@ -146,6 +147,19 @@ def test_spheres_shells_counts_and_seed():
     outer = (r >= 0.40) & (r <= 0.45 + 1e-6)
     assert (inner | middle | outer).all() and (y[middle] == 1).all() and (y[~middle] == 0).all()
     assert torch.equal(concentric_spheres(400, 3, seed=1)[0], x)
-    with pytest.raises(ValueError, match="n >= 4"):
+    with pytest.raises(ValueError, match="n must be an integer >= 4"):
         concentric_spheres(2)
     assert xor()[1].tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n=10.5), "n must be an integer >= 4"),
+    (dict(n=float("nan")), "n must be an integer >= 4"),
+    (dict(n=3), "n must be an integer >= 4"),
+    (dict(n=100, dim=0), "dim must be an integer >= 1"),
+    (dict(n=100, dtype=torch.int64), "floating-point dtype"),
+])
+def test_bad_sphere_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        concentric_spheres(**kwargs)
+    assert len(concentric_spheres(np.int64(8))[0]) == 8     # NumPy integers are integers

@@ -123,3 +123,14 @@ def test_non_finite_input_is_named():
     stack = ResidualStack([nn.Identity()])
     with pytest.raises(ValueError, match="NaN or infinite"):
         stack(torch.tensor([[float("nan"), 0.0]]))
+
+
+def test_adjoint_must_be_a_bool():
+    for value in ("no", 1, None):
+        with pytest.raises(TypeError, match="adjoint must be True or False"):
+            ResidualStack([nn.Identity()], adjoint=value)
+    stack = ResidualStack([nn.Identity()])
+    with pytest.raises(TypeError, match="adjoint must be True or False"):
+        stack.adjoint = "yes"
+    stack.adjoint = True
+    assert stack.adjoint is True

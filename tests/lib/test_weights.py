@@ -1,4 +1,5 @@
 """Weight paths smooth or i.i.d. in depth."""
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +35,12 @@ def test_smooth_path_is_the_same_at_every_depth_and_has_the_stated_law():
 def test_bad_weight_kind():
     with pytest.raises(ValueError, match="unknown weight kind 'random'"):
         weight_path("random", torch.arange(3) / 3, torch.zeros(2), 1.0, 0)
+
+
+def test_tanh_stack_sizes_must_be_positive_integers():
+    from resode_tut import tanh_stack
+    for kwargs in (dict(depth=0), dict(depth=4, dim=0), dict(depth=4, dim=2.5),
+                   dict(depth=4, num_modes=0), dict(depth=True)):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            tanh_stack(**kwargs)
+    assert tanh_stack(np.int64(3)).depth == 3
