@@ -13,17 +13,16 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
+from .runtime import env_positive_int
+
 __all__ = ["parallel_map", "default_processes"]
 
 
 def default_processes() -> int:
     """Worker count: ``RESODE_PROCESSES`` if set, else the number of usable CPU cores."""
-    env = os.environ.get("RESODE_PROCESSES")
-    if env is not None:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"RESODE_PROCESSES must be a positive integer, got {env!r}")
-        return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count())
+    return env_positive_int("RESODE_PROCESSES", cores)
 
 
 def _init_worker():

@@ -6,12 +6,12 @@
 * ``full`` (default) -- the chapter's real scale.
 
 ``RESODE_THREADS`` (default 1) is the number of CPU threads torch uses in the
-chapter's own process.  A fixed count makes the numbers the same on every
-machine (the order of floating-point sums depends on it), and one thread does
-not collapse when the cores are shared: measured on a 2-core machine, a chapter's
-small-tensor workload took 1.5 s with one thread and 1.6-12.5 s with torch's
-default two spinning threads while two other processes ran (0.67 vs 0.95 s
-idle).  Sweeps of many small runs use worker processes instead
+chapter's own process.  A fixed count keeps the numbers independent of the
+machine's core count (the order of floating-point sums depends on it), and one
+thread does not collapse when the cores are shared: measured on a 2-core
+machine, a chapter's small-tensor workload took 1.5-1.7 s with one thread and
+1.6-10.6 s with torch's default two spinning threads while two other processes
+ran (0.93-1.03 s and 0.59-0.71 s idle).  Sweeps of many small runs use worker processes instead
 (``RESODE_PROCESSES``, one thread each).
 """
 from __future__ import annotations
@@ -37,13 +37,32 @@ def get_mode() -> str:
     return mode
 
 
+def env_positive_int(name: str, default: int | None) -> int | None:
+    """The environment variable ``name`` as a positive integer, ``default`` if unset.
+
+    Parameters
+    ----------
+    name : str
+        E.g. ``"RESODE_THREADS"``.
+    default : int or None
+        Returned when the variable is unset or empty.
+
+    Raises
+    ------
+    ValueError
+        The variable is set to anything but a positive integer.
+    """
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return default
+    if not env.isdigit() or int(env) < 1:
+        raise ValueError(f"{name}={env!r} is not a positive integer: set it to 1 or more")
+    return int(env)
+
+
 def get_threads() -> int:
     """CPU threads for a chapter: ``RESODE_THREADS`` if set (a positive integer), else 1."""
-    env = os.environ.get("RESODE_THREADS", "1").strip() or "1"
-    if not env.isdigit() or int(env) < 1:
-        raise ValueError(f"RESODE_THREADS={env!r} is not a positive integer: set it to 1 "
-                         "(reproducible, robust on a shared machine) or more")
-    return int(env)
+    return env_positive_int("RESODE_THREADS", 1)
 
 
 def seed_everything(seed: int) -> None:

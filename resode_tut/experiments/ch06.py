@@ -52,7 +52,7 @@ from .cifar_training import (
     stage_saved_bytes,
     train,
 )
-from .cli import torch_device
+from .cli import check_device, torch_device
 from .finetune_result import (
     FinetuneResult,
     FineTuning,
@@ -209,12 +209,7 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         fine-tunings, the stage's memory and the gradient agreement against depth.
     """
     config = _config(config)
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r} ({err}): use 'cpu' or 'cuda'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for but torch sees no GPU: use --device cpu")
+    device = check_device(device)
     t_start, load_start = time.perf_counter(), _load_average()
     seed_everything(config.seed)
     train_data = _split(data_root, True, config.train_images, config.seed, download)

@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-__all__ = ["positive_int", "torch_device"]
+__all__ = ["positive_int", "check_device", "torch_device"]
 
 
 def positive_int(text: str) -> int:
@@ -27,8 +27,31 @@ def positive_int(text: str) -> int:
     return value
 
 
-def torch_device(text: str) -> str:
+def check_device(device: str | torch.device) -> torch.device:
     """A device torch knows and this machine has (``cpu``, ``cuda``, ``cuda:1``, ...).
+
+    Parameters
+    ----------
+    device : str or torch.device
+
+    Raises
+    ------
+    ValueError
+        Unknown, not CPU or CUDA, or CUDA without a GPU.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use 'cpu' or 'cuda'") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: only 'cpu' and 'cuda' are supported")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but torch sees no GPU: use cpu")
+    return parsed
+
+
+def torch_device(text: str) -> str:
+    """:func:`check_device` as an argparse type: a bad device is an argparse error.
 
     Parameters
     ----------
@@ -36,11 +59,7 @@ def torch_device(text: str) -> str:
         The argument as typed.
     """
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use 'cpu' or 'cuda'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("'cuda' asked for but torch sees no GPU: use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"device {text!r}: only 'cpu' and 'cuda' are supported")
+        check_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
