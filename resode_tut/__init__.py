@@ -7,8 +7,9 @@ and plots live apart, in :mod:`resode_tut.experiments` (never imported here).
 Residual networks as ODE solvers (Sander et al., 2022)
     :class:`ResidualStack` -- residual layers as Euler or Heun steps on [0, 1],
     optionally trained with the memory-free discrete adjoint (``adjoint=True``);
-    :func:`reconstruct`, :func:`reverse_step`, :class:`ReconstructionError` -- the
-    adjoint's backward reconstruction;
+    :func:`reconstruct`, :func:`reverse_step`, :class:`ReconstructionError`,
+    :class:`ReconstructionWarning` -- the adjoint's backward reconstruction and its
+    self-check;
     :func:`solve_limit_ode`, :func:`ode_distance`, :class:`InterpolatedField` -- the
     Neural ODE a stack discretises and how far the stack is from it;
     :func:`euler_distance_bound` -- a computable Gronwall bound on that distance;
@@ -32,7 +33,7 @@ Data sets, measurement, set-up
 """
 from . import datasets
 from .adaptation import StepSizeAdapter, ToleranceAdapter, initial_step_size
-from .adjoint import ReconstructionError, reconstruct, reverse_step
+from .adjoint import ReconstructionError, ReconstructionWarning, reconstruct, reverse_step
 from .bounds import euler_distance_bound
 from .cifar_resnet import CifarResNet, ConvResidual, recalibrate_batchnorm, untie
 from .limit import LIMIT_SOLVER, InterpolatedField, ode_distance, solve_limit_ode
@@ -52,7 +53,8 @@ __version__ = "0.2.0"
 __all__ = [
     # residual networks as ODE solvers
     "ResidualStack", "SCHEMES", "reconstruct", "reverse_step", "ReconstructionError",
-    "solve_limit_ode", "ode_distance", "InterpolatedField", "LIMIT_SOLVER",
+    "ReconstructionWarning", "solve_limit_ode", "ode_distance", "InterpolatedField",
+    "LIMIT_SOLVER",
     "euler_distance_bound", "TanhLayer", "tanh_stack", "weight_path", "total_variation",
     "WEIGHT_KINDS", "CifarResNet", "ConvResidual", "untie", "recalibrate_batchnorm",
     # Neural ODEs and their solvers

@@ -1,8 +1,8 @@
 r"""The memory-free discrete adjoint of a residual stack (Euler or Heun).
 
 Forward: the stack's steps ``x_{n+1} = Phi_n(x_n)`` under ``torch.no_grad()``;
-only the output ``x_N`` is kept.  Backward, for ``n = N-1, ..., 0``
-(Sander et al., 2022):
+only the output ``x_N`` is kept (and the input ``x_0``, for the self-check
+below).  Backward, for ``n = N-1, ..., 0`` (Sander et al., 2022):
 
 * reconstruct ``x~_n`` from ``x~_{n+1}`` by running the scheme backwards in
   time (:func:`reverse_step`), an approximate inverse of ``Phi_n``:
@@ -22,6 +22,34 @@ Memory for the residual part is O(1) in depth; the price is evaluating every
 step twice more (reconstruction and re-evaluation), i.e. about 5/3 of
 backprop's work.
 
+What backward guarantees (each one tested against plain backprop):
+
+* **Randomness** (dropout, ``torch.randn_like``): with
+  ``stack.preserve_rng_state`` (the default) every re-evaluation replays the
+  random state the same function had at the same step in forward (CPU and CUDA
+  generators), so gradients are backprop's with the same masks, and the global
+  generators end where a plain backward leaves them.  The cost is one random
+  state (5,056 bytes for the CPU generator, plus 16 per CUDA device) per
+  evaluation that draws random numbers: about 5 KB per dropout layer, and
+  one state in all for a deterministic stack.  The states are saved for
+  backward, so :class:`~resode_tut.memory.SavedTensorsCounter` counts them.
+* **Autocast**: backward re-enters the forward's ``torch.autocast`` state.
+* **dtype changes**: a function may return another floating dtype than its
+  input's (float64 from float32); each reconstructed state is cast back to the
+  dtype it had in forward.
+* **Refused, with a named error**: a residual function that uses a tensor
+  requiring grad which is not a parameter of the stack's functions (the adjoint
+  cannot return its gradient), and higher-order gradients (``create_graph=True``):
+  the adjoint is first-order only.  Residual functions that modify their input
+  in place are refused by the stack itself, in every mode.
+* **A self-check**: the input ``x_0`` is kept (one more state, still O(1) in
+  depth); at the end of every backward the reconstruction ``x~_0`` is compared
+  with it, the relative error ``||x~_0 - x_0|| / ||x_0||`` is stored as
+  ``stack.last_reconstruction_error``, and above ``stack.reconstruction_tol`` a
+  :class:`ReconstructionWarning` is issued (once per stack), or a
+  :class:`ReconstructionError` raised with ``strict=True``.  A
+  non-finite reconstruction always raises.
+
 Every re-evaluation during backward runs in the module's current mode (a
 BatchNorm in train mode keeps using batch statistics), and all buffers
 (running statistics, counters) are restored afterwards, so they end exactly as
@@ -29,16 +57,24 @@ after a plain forward.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
 __all__ = ["discrete_adjoint", "reverse_step", "reconstruct",
-           "ReconstructionError"]
+           "ReconstructionError", "ReconstructionWarning"]
 
 
 class ReconstructionError(FloatingPointError):
-    """The backward reconstruction of the hidden states became non-finite."""
+    """The backward reconstruction of the hidden states became non-finite, or (with
+    ``strict=True``) missed the stack's input by more than its tolerance.
+    """
+
+
+class ReconstructionWarning(UserWarning):
+    """The backward reconstruction missed the stack's input ``x_0`` by more than the
+    stack's ``reconstruction_tol``: the adjoint's gradients are off by about as much.
+    """
 
 
 _CHECK_EVERY = 32  # layers between finiteness checks of the reconstruction
@@ -107,49 +143,181 @@ def reverse_step(stack, n: int, x: torch.Tensor) -> torch.Tensor:
         if stack.scheme == "euler":
             return x - h * stack._f(n, x)
         k1 = stack._f(n + 1, x)
-        k2 = stack._f(n, x - h * k1)
+        k2 = stack._f(n, (x - h * k1).to(x.dtype))  # f_n saw x_n's dtype in forward
         return x - (h / 2) * (k1 + k2)
+
+
+class _RngTape:
+    """The random state before every evaluation of a residual function in forward.
+
+    Backward sets it again before re-evaluating the same function at the same
+    step, so dropout masks and ``torch.randn_like`` noise are the forward's (as
+    :func:`torch.utils.checkpoint.checkpoint` does).  A state is the CPU
+    generator's (5,056 bytes) and, per CUDA device in use, that device's (16
+    bytes).  An evaluation that drew no random numbers leaves the state as it
+    found it, so the next entry shares the previous one's tensor: a
+    deterministic stack stores one state in all, a random one a state per
+    random evaluation.
+    """
+
+    def __init__(self, devices):
+        self.devices = devices
+        self.states = []
+
+    def record(self, k: int) -> None:
+        cpu = torch.get_rng_state()
+        cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+        if self.states:
+            last_cpu, last_cuda = self.states[-1]
+            cpu = last_cpu if torch.equal(last_cpu, cpu) else cpu
+            cuda = [a if torch.equal(a, b) else b for a, b in zip(last_cuda, cuda)]
+        self.states.append((cpu, cuda))
+
+    def restore(self, i: int) -> None:
+        cpu, cuda = self.states[i]
+        torch.set_rng_state(cpu)
+        for d, state in zip(self.devices, cuda):
+            torch.cuda.set_rng_state(state, d)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The distinct state tensors (saved for backward, so memory counters see them)."""
+        return _unique(t for cpu, cuda in self.states for t in (cpu, *cuda))
+
+
+def _cuda_devices(tensors):
+    return sorted({t.device.index if t.device.index is not None
+                   else torch.cuda.current_device()
+                   for t in tensors if t.device.type == "cuda"})
+
+
+@contextmanager
+def _calling(stack, hook):
+    """Call ``hook(k)`` before every evaluation of a residual function ``f_k``."""
+    old, stack._before_f = stack._before_f, hook
+    try:
+        yield
+    finally:
+        stack._before_f = old
+
+
+def _replay(stack, tape, n):
+    """The hook that sets, before ``f_k`` in step ``n``, the state ``f_k`` had there."""
+    if tape is None:
+        return None
+    per_step = 1 if stack.scheme == "euler" else 2
+    return lambda k: tape.restore(per_step * n + (k - n))
+
+
+def _graph_leaves(out):
+    """The tensors requiring grad at the leaves of ``out``'s graph (by identity)."""
+    leaves, seen, todo = [], set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)   # AccumulateGrad: a leaf
+        if variable is not None:
+            leaves.append(variable)
+        else:
+            todo.extend(f for f, _ in node.next_functions)
+    return leaves
+
+
+def _captured_error(n, tensor):
+    return RuntimeError(
+        f"step {n} of the adjoint stack uses a tensor of shape {tuple(tensor.shape)} that "
+        "requires grad but is not a parameter of the stack's residual functions (a "
+        "conditioning vector, or another module's weight reached through a closure): the "
+        "adjoint can only return gradients for the stack's input and its registered "
+        "parameters. Register it as an nn.Parameter (or submodule) of the residual "
+        "function, or use adjoint=False")
 
 
 class _DiscreteAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, stack, params_count, *params):
-        ctx.stack = stack
-        ctx.params = params
-        with torch.no_grad():
+    def forward(ctx, x0, stack, params_count, *params):
+        tape = (_RngTape(_cuda_devices([x0, *params]))
+                if stack.preserve_rng_state else None)
+        device_type = x0.device.type
+        ctx.autocast = {device_type: _autocast_state(device_type), "cpu": _autocast_state("cpu")}
+        ctx.stack, ctx.params, ctx.tape = stack, params, tape
+        dtypes = [x0.dtype]  # a function may change the dtype: backward casts back
+        x = x0
+        with torch.no_grad(), _calling(stack, tape.record if tape else None):
             for n in range(stack.num_steps):
                 x = stack.step(n, x)
-        ctx.save_for_backward(x)
+                dtypes.append(x.dtype)
+        ctx.dtypes = dtypes
+        ctx.save_for_backward(x0, x, *(tape.tensors() if tape else ()))
         return x
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        stack, params = ctx.stack, ctx.params
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the discrete adjoint is first-order only: its backward cannot build a "
+                "graph (create_graph=True, double backward, gradient penalties). Use "
+                "adjoint=False for higher-order gradients")
+        x0, x = ctx.saved_tensors[:2]
+        stack, params, tape = ctx.stack, ctx.params, ctx.tape
         index = {id(p): i for i, p in enumerate(params)}
         grads = [None] * len(params)
         p_adj = grad_out
         x = x.detach()
-        for n in reversed(range(stack.num_steps)):
-            functions = _step_functions(stack, n)
-            own = _unique(p for f in functions for p in f.parameters() if id(p) in index)
-            buffers = _unique(b for f in functions for b in f.buffers())
-            with torch.no_grad():
-                x = reverse_step(stack, n, x)
-            if n % _CHECK_EVERY == 0:
-                _check_finite(x, n)
-            with torch.enable_grad(), _buffers_frozen(buffers):
-                # buffers are restored only after the VJP: BatchNorm's backward
-                # checks that they were not modified in between
-                x_req = x.detach().requires_grad_(True)
-                vjp = torch.autograd.grad(stack.step(n, x_req), [x_req, *own],
-                                          grad_outputs=p_adj, allow_unused=True)
-            p_adj = vjp[0]
-            for p, g in zip(own, vjp[1:]):
-                if g is not None:
-                    i = index[id(p)]
-                    grads[i] = g if grads[i] is None else grads[i] + g
+        with torch.random.fork_rng(devices=tape.devices if tape else [],
+                                   enabled=tape is not None), _autocast(ctx.autocast):
+            for n in reversed(range(stack.num_steps)):
+                buffers = _unique(b for f in _step_functions(stack, n) for b in f.buffers())
+                with torch.no_grad(), _calling(stack, _replay(stack, tape, n)):
+                    # in the dtype the step's input had in forward
+                    x = reverse_step(stack, n, x.to(ctx.dtypes[n])).to(ctx.dtypes[n])
+                if n % _CHECK_EVERY == 0:
+                    _check_finite(x, n)
+                with torch.enable_grad(), _buffers_frozen(buffers), \
+                        _calling(stack, _replay(stack, tape, n)):
+                    # buffers are restored only after the VJP: BatchNorm's backward
+                    # checks that they were not modified in between
+                    x_req = x.detach().requires_grad_(True)
+                    out = stack.step(n, x_req)
+                    own = []
+                    for leaf in _graph_leaves(out):
+                        if id(leaf) in index:
+                            own.append(leaf)
+                        elif leaf is not x_req:
+                            raise _captured_error(n, leaf)
+                    vjp = torch.autograd.grad(out, [x_req, *own], grad_outputs=p_adj,
+                                              allow_unused=True)
+                p_adj = vjp[0]
+                for p, g in zip(own, vjp[1:]):
+                    if g is not None:
+                        i = index[id(p)]
+                        grads[i] = g if grads[i] is None else grads[i] + g
+        stack._report_reconstruction(_relative_distance(x, x0))
         return (p_adj, None, None, *grads)
+
+
+def _autocast_state(device_type):
+    return {"enabled": torch.is_autocast_enabled(device_type),
+            "dtype": torch.get_autocast_dtype(device_type),
+            "cache_enabled": torch.is_autocast_cache_enabled()}
+
+
+@contextmanager
+def _autocast(states):
+    """Re-enter the forward's autocast state (per device type) in backward."""
+    with ExitStack() as stack:
+        for device_type, state in states.items():
+            stack.enter_context(torch.autocast(device_type, **state))
+        yield
+
+
+def _relative_distance(x_rec, x0):
+    """``||x~_0 - x_0|| / ||x_0||`` as a float (``||x~_0||`` if ``x_0 = 0``)."""
+    x0 = x0.detach().to(x_rec.dtype)
+    num = torch.linalg.vector_norm(x_rec - x0)
+    den = torch.linalg.vector_norm(x0)
+    return float(num / den) if den > 0 else float(num)
 
 
 def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
@@ -158,15 +326,16 @@ def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     stack : ResidualStack
-        Euler or Heun.  Its residual functions must be deterministic
-        (no dropout): backward evaluates them again.
+        Euler or Heun.  Random residual functions (dropout) are replayed with
+        the forward's random state when ``stack.preserve_rng_state``.
     x : torch.Tensor, shape (B, ...)
 
     Returns
     -------
     torch.Tensor, same shape as ``x``
         ``x_N``, identical to the plain forward; its backward uses the
-        discrete adjoint and stores nothing but ``x_N``.
+        discrete adjoint and stores nothing but ``x_0``, ``x_N`` (and, when
+        replaying, a random state per evaluation that drew random numbers).
     """
     params = _unique_params(stack.functions)
     return _DiscreteAdjoint.apply(x, stack, len(params), *params)

@@ -137,7 +137,9 @@ def untie(model: CifarResNet, depth: int, adjoint: bool | None = None) -> CifarR
     source = [min(int(t * old.num_steps + 1e-9), old.depth - 1) for t in times.tolist()]
     functions = [copy.deepcopy(old.functions[k]) for k in source]
     new.stage = ResidualStack(functions, scheme=old.scheme,
-                              adjoint=old.adjoint if adjoint is None else adjoint)
+                              adjoint=old.adjoint if adjoint is None else adjoint,
+                              preserve_rng_state=old.preserve_rng_state,
+                              reconstruction_tol=old.reconstruction_tol, strict=old.strict)
     new.tied = False
     return new
 

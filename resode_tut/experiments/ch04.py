@@ -49,12 +49,17 @@ class DepthTrainingSweep:
         array (K, S) of final test accuracies in [0, 1].
     train_loss : dict
         Same layout: final training losses.
+    self_check : dict
+        ``self_check[scheme]``: array (K, S), the adjoint run's largest
+        reconstruction error ``||x~_0 - x_0|| / ||x_0||`` over its last epoch
+        (the stack's self-check, ``ResidualStack.last_reconstruction_error``).
     """
 
     depths: np.ndarray
     seeds: list
     accuracy: dict = field(default_factory=dict)
     train_loss: dict = field(default_factory=dict)
+    self_check: dict = field(default_factory=dict)
 
     def test_error(self, scheme: str, method: str) -> np.ndarray:
         """Test error in percent, averaged over seeds, shape (K,).
@@ -110,6 +115,7 @@ def _train_pair(job):
         hist = train_classifier(model, _digits(cfg["data_seed"]), epochs=cfg["epochs"], lr=lr,
                                 batch_size=cfg["batch_size"], seed=seed)
         out[method] = (hist.test_accuracy[-1], hist.train_loss[-1])
+    out["self_check"] = hist.reconstruction_error[-1]   # of the adjoint run
     return out
 
 
@@ -170,4 +176,7 @@ def depth_training_sweep(depths, schemes=SCHEMES, seeds=(0,), epochs: int = 10,
                     k = (schemes.index(s) * len(depths) + i) * len(seeds) + j
                     acc[i, j], loss[i, j] = by_job[k][method]
             out.accuracy[s][method], out.train_loss[s][method] = acc, loss
+        out.self_check[s] = np.array(
+            [[by_job[(schemes.index(s) * len(depths) + i) * len(seeds) + j]["self_check"]
+              for j in range(len(seeds))] for i in range(len(depths))])
     return out

@@ -209,7 +209,8 @@ def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int 
     each depth (number of residual functions),
     weight kind and seed: the largest reconstruction error
     ``max_n ||x~_n - x_n||`` (mean over inputs) and the relative gradient
-    error of the adjoint against backprop.
+    error of the adjoint against backprop, and the adjoint's own self-check
+    ``||x~_0 - x_0|| / ||x_0||`` (``ResidualStack.last_reconstruction_error``).
 
     Parameters
     ----------
@@ -230,15 +231,16 @@ def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int 
     Returns
     -------
     dict
-        ``{"reconstruction": {kind: array (K,)}, "gradient": {kind: array (K,)}}``,
-        means over seeds.
+        ``{"reconstruction": {kind: array (K,)}, "gradient": {kind: array (K,)},
+        "self_check": {kind: array (K,)}}``, means over seeds.
     """
     x = torch.randn(batch, dim, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(input_seed))
-    out = {"reconstruction": {}, "gradient": {}}
+    out = {"reconstruction": {}, "gradient": {}, "self_check": {}}
     for kind in kinds:
         rec = np.zeros((len(depths), len(seeds)))
         grad = np.zeros((len(depths), len(seeds)))
+        check = np.zeros((len(depths), len(seeds)))
         for i, N in enumerate(depths):
             for j, s in enumerate(seeds):
                 stack = tanh_stack(N, kind, seed=s, dim=dim, scheme=scheme)
@@ -248,6 +250,8 @@ def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int 
                     .mean().item()
                 grad[i, j] = relative_error(gradients(stack, x, "backprop"),
                                             gradients(stack, x, "adjoint"))
+                check[i, j] = stack.last_reconstruction_error
         out["reconstruction"][kind] = rec.mean(axis=1)
         out["gradient"][kind] = grad.mean(axis=1)
+        out["self_check"][kind] = check.mean(axis=1)
     return out

@@ -1,9 +1,16 @@
 """The record of a classifier's training, one entry per epoch (chapters 3, 4 and 6)."""
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["TrainHistory"]
+from torch import nn
+
+from ..adjoint import ReconstructionWarning
+from ..stack import ResidualStack
+
+__all__ = ["TrainHistory", "SelfCheckLog"]
 
 
 @dataclass
@@ -18,8 +25,44 @@ class TrainHistory:
         Share of test inputs classified correctly, in [0, 1].
     seconds : list of float
         Wall time of the epoch's training (evaluation excluded).
+    reconstruction_error : list of float
+        With an adjoint stage: the largest self-check
+        (``ResidualStack.last_reconstruction_error``) over the epoch's batches;
+        empty otherwise.
     """
 
     train_loss: list = field(default_factory=list)
     test_accuracy: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
+    reconstruction_error: list = field(default_factory=list)
+
+
+class SelfCheckLog:
+    """Collects the adjoint's self-check of every adjoint stage of a model during
+    training, instead of warning once per stage.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Its :class:`~resode_tut.ResidualStack` submodules with ``adjoint=True``
+        are watched (read when :meth:`backward` is entered).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.values = []
+
+    @contextmanager
+    def backward(self):
+        """Wrap ``loss.backward()``: silences the warning and records the errors."""
+        stacks = [m for m in self.model.modules() if isinstance(m, ResidualStack) and m.adjoint]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ReconstructionWarning)
+            yield
+        self.values.extend(m.last_reconstruction_error for m in stacks)
+
+    def end_epoch(self, hist: TrainHistory) -> None:
+        """Append the epoch's largest error to ``hist.reconstruction_error`` (if any)."""
+        if self.values:
+            hist.reconstruction_error.append(max(self.values))
+        self.values = []
