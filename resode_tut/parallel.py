@@ -2,7 +2,9 @@
 
 Small models are dominated by per-operation overhead, so two processes with
 one thread each get more done than one process with two threads.  Every job
-seeds itself, so the results do not depend on the number of processes.
+seeds itself, so the results do not depend on the number of processes (nor on
+how the workers start: forked on CPU-only machines, from a fork server where
+CUDA is available).
 """
 from __future__ import annotations
 
@@ -23,6 +25,21 @@ def default_processes() -> int:
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count())
     return env_positive_int("RESODE_PROCESSES", cores)
+
+
+def _start_method() -> str:
+    """``fork`` where it is safe, else ``forkserver`` (or ``spawn``).
+
+    With CUDA available, autograd runs device threads after the first
+    backward, and torch refuses to fork such a process ("Unable to handle
+    autograd's threading in combination with fork-based multiprocessing",
+    seen on a GPU machine and on Colab): workers then start from a fresh
+    server process instead.
+    """
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and not torch.cuda.is_available():
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def _init_worker():
@@ -59,7 +76,7 @@ def parallel_map(fn: Callable, jobs: Iterable, processes: int | None = None) -> 
             return [fn(job) for job in jobs]
         finally:
             torch.set_num_threads(threads)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = mp.get_context(_start_method())
     with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=ctx,
                              initializer=_init_worker) as pool:
         return list(pool.map(fn, jobs))

@@ -25,7 +25,7 @@ class Coupling(nn.Module):
 def grads(stack, x, weight=None):
     x = x.clone().requires_grad_(True)
     out = stack(x)
-    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
     (out * w).sum().backward()
     g = [x.grad.clone()] + [p.grad.clone() for p in stack.parameters()]
     stack.zero_grad()

@@ -30,3 +30,21 @@ def test_serial_map_restores_the_thread_count():
     before = torch.get_num_threads()
     assert parallel_map(_seeded_draw, [0, 1], processes=1) == [_seeded_draw(0), _seeded_draw(1)]
     assert torch.get_num_threads() == before
+
+
+def _grad_draw(seed):
+    x = torch.randn(3, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+    (g,) = torch.autograd.grad(x.square().sum(), [x])
+    return g.tolist()
+
+
+def test_workers_start_from_a_server_where_cuda_is_available(monkeypatch):
+    """On a CUDA machine torch refuses to fork after a backward (autograd's device
+    threads): the workers come from a fork server there, with the same results."""
+    from resode_tut import parallel
+    assert parallel._start_method() == ("forkserver" if torch.cuda.is_available() else "fork")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parallel._start_method() == "forkserver"
+    _grad_draw(0)                                 # autograd has run in this process
+    jobs = list(range(4))
+    assert parallel_map(_grad_draw, jobs, processes=2) == [_grad_draw(s) for s in jobs]
