@@ -17,18 +17,20 @@ and a horizontal flip with probability 1/2.
 """
 from __future__ import annotations
 
+import _codecs
 import hashlib
 import os
 import pickle
 import tarfile
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["cifar10", "Cifar10", "default_root", "normalise", "augment", "prepare", "CLASSES",
+__all__ = ["cifar10", "Cifar10", "UnsafeFileError", "default_root", "normalise", "augment", "prepare", "CLASSES",
            "CIFAR10_URL", "CIFAR10_MD5", "MEAN", "STD"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -103,6 +105,87 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _numpy_globals() -> dict:
+    try:   # NumPy 2
+        from numpy._core import multiarray, numeric
+    except ImportError:   # NumPy 1
+        from numpy.core import multiarray, numeric
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _codecs.encode}
+    for package in ("numpy.core", "numpy._core"):   # names in files from NumPy 1 and 2
+        allowed[package + ".multiarray", "_reconstruct"] = multiarray._reconstruct
+        if hasattr(numeric, "_frombuffer"):
+            allowed[package + ".numeric", "_frombuffer"] = numeric._frombuffer
+    return allowed
+
+
+class UnsafeFileError(ValueError):
+    """A data file asked the unpickler for something a CIFAR-10 batch never holds."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what the official python batches contain: dicts, lists,
+    str/bytes, ints and NumPy arrays.  Any other global (a function to call, a
+    class to build) is refused, so a crafted file cannot run code."""
+
+    _allowed = None
+
+    def find_class(self, module: str, name: str):
+        if _BatchUnpickler._allowed is None:
+            _BatchUnpickler._allowed = _numpy_globals()
+        try:
+            return self._allowed[module, name]
+        except KeyError:
+            raise UnsafeFileError(f"it asks to load {module}.{name}") from None
+
+
+def _load_batch(path: Path):
+    """Read and check one python batch: images (n, 3, 32, 32) uint8, labels, file names.
+
+    Raises ValueError (naming ``path`` and what is wrong) for anything that is not
+    a CIFAR-10 batch: an unsafe pickle, a damaged file, wrong shapes or values.
+    """
+    fix = "delete the folder and re-create it from the official archive " \
+          "(cifar10(root, download=True) does that)"
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except UnsafeFileError as err:
+        raise UnsafeFileError(
+            f"{path} is not a CIFAR-10 batch and was not loaded: {err}, which a CIFAR-10 "
+            f"batch never contains (a crafted file could run code this way); {fix}") from None
+    except Exception as err:   # truncated, empty or garbage: every unpickling failure
+        raise ValueError(f"{path} is damaged or not a CIFAR-10 python batch "
+                         f"({type(err).__name__}: {err}); {fix}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        keys = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{path} is not a CIFAR-10 python batch (a dict with b'data' and "
+                         f"b'labels'); found {keys}; {fix}")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shape = data.shape if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"{path}: b'data' must be an array of shape (n, 3072), got {shape}; "
+                         f"{fix}")
+    if data.dtype != np.uint8:
+        if not np.issubdtype(data.dtype, np.integer):
+            raise ValueError(f"{path}: pixels must be integers 0..255, got dtype {data.dtype}; "
+                             f"{fix}")
+        if len(data) and (data.min() < 0 or data.max() > 255):
+            raise ValueError(f"{path}: pixels outside 0..255 (min {data.min()}, max "
+                             f"{data.max()}); {fix}")
+    if not isinstance(labels, list) or not all(type(y) is int for y in labels):
+        kinds = sorted({type(y).__name__ for y in labels}) if isinstance(labels, list) \
+            else type(labels).__name__
+        raise ValueError(f"{path}: b'labels' must be a list of int, got {kinds}; {fix}")
+    if len(labels) != len(data):
+        raise ValueError(f"{path}: {len(data)} images but {len(labels)} labels; {fix}")
+    if labels and (min(labels) < 0 or max(labels) > 9):
+        raise ValueError(f"{path}: labels outside 0..9 (min {min(labels)}, max {max(labels)}); "
+                         f"{fix}")
+    names = batch.get(b"filenames", [])
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels, names
+
+
 def _missing_message(folder: Path, names) -> str:
     return (
         f"CIFAR-10 not found: looked for {', '.join(names)} in {folder}. "
@@ -113,6 +196,8 @@ def _missing_message(folder: Path, names) -> str:
 
 
 def _download(root: Path) -> None:
+    """Fetch the archive (unless an MD5-checked copy is there), check it and unpack it
+    over whatever the folder holds."""
     url, md5 = CIFAR10_URL, CIFAR10_MD5
     root.mkdir(parents=True, exist_ok=True)
     archive = root / "cifar-10-python.tar.gz"
@@ -145,7 +230,9 @@ def cifar10(root: str | os.PathLike | None = None, train: bool = True,
         The five training batches, or the test batch.
     download : bool
         If the batches are missing, download the official archive into ``root``,
-        check its MD5 and unpack it.  Never downloads when the batches are there.
+        check its MD5 and unpack it.  If they are there but damaged (see Raises),
+        download and unpack it again (with a warning).  Never downloads when
+        the batches are there and sound.
 
     Returns
     -------
@@ -157,6 +244,13 @@ def cifar10(root: str | os.PathLike | None = None, train: bool = True,
     FileNotFoundError
         The batches are missing and ``download`` is false; the message says where
         it looked and how to get the data.
+    ValueError
+        A batch is damaged or not a CIFAR-10 batch (truncated, empty, garbage,
+        wrong shapes, labels outside 0..9, pixels outside 0..255, non-integer
+        labels), named with what is wrong; :class:`UnsafeFileError` (a
+        ``ValueError``) when it holds anything but dicts, lists, strings, ints
+        and NumPy arrays: batches are read with a restricted unpickler, so a
+        crafted file cannot run code.
     RuntimeError
         The download failed or its MD5 is wrong.
     """
@@ -169,31 +263,34 @@ def cifar10(root: str | os.PathLike | None = None, train: bool = True,
         missing = [name for name, _ in files if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(_missing_message(folder, [n for n, _ in files]))
+    try:
+        return _load_split(folder, files, train)
+    except ValueError as err:
+        if not download:
+            raise
+        warnings.warn(f"{err}: downloading the official archive again", stacklevel=2)
+        _download(root)
+        return _load_split(folder, files, train)
+
+
+def _load_split(folder: Path, files, train: bool) -> Cifar10:
     images, labels, names = [], [], []
     official = True
     for name, md5 in files:
         path = folder / name
         official = official and _md5(path) == md5
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        try:
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch[b"labels"])
-            names.extend(batch.get(b"filenames", []))
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"{path} is not a CIFAR-10 python batch ({err!r}): "
-                             "re-create the folder from the official archive") from err
+        x, y, n = _load_batch(path)
+        images.append(x)
+        labels.extend(y)
+        names.extend(n)
     if official:
         source = OFFICIAL
-    elif names and all(bytes(n).endswith(b".jpg") for n in names[:100]):
+    elif names and all(isinstance(n, bytes) and n.endswith(b".jpg") for n in names[:100]):
         source = JPEG_MIRROR
     else:
         source = UNKNOWN
     x = torch.from_numpy(np.concatenate(images))
     y = torch.tensor(labels, dtype=torch.int64)
-    if len(x) != len(y) or y.min() < 0 or y.max() > 9:
-        raise ValueError(f"{folder}: {len(x)} images but {len(y)} labels in 0..9; "
-                         "re-create the folder from the official archive")
     return Cifar10(x, y, source, folder, train)
 
 

@@ -163,3 +163,119 @@ def test_bad_sphere_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         concentric_spheres(**kwargs)
     assert len(concentric_spheres(np.int64(8))[0]) == 8     # NumPy integers are integers
+
+
+# -- untrusted and damaged files (issue 14, items 11 and 12) -----------------------------
+
+class _Exploit:
+    """Unpickling this calls a function of the attacker's choosing (here: write a file)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.target), "pwned"))
+
+
+def _hand_loader(path):
+    """An independent reader of a sound batch: plain pickle (trusted test data)."""
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    return np.asarray(batch[b"data"]).reshape(-1, 3, 32, 32), batch[b"labels"]
+
+
+def test_the_restricted_loader_reads_what_a_plain_pickle_load_reads(tmp_path):
+    folder = write_batches(tmp_path, 12)
+    split = cifar10(tmp_path, train=False)
+    images, labels = _hand_loader(folder / "test_batch")
+    assert np.array_equal(split.images.numpy(), images) and split.labels.tolist() == labels
+    for protocol in (2, 3, 4, 5):          # every pickle protocol NumPy arrays come in
+        with open(folder / "test_batch", "wb") as f:
+            pickle.dump({b"data": images.reshape(12, -1), b"labels": labels}, f,
+                        protocol=protocol)
+        assert np.array_equal(cifar10(tmp_path, train=False).images.numpy(), images)
+
+
+@pytest.mark.parametrize("where", ["top", "inside"])
+def test_a_malicious_pickle_is_refused_and_runs_nothing(tmp_path, where):
+    folder = write_batches(tmp_path, 4)
+    target = tmp_path / "created_by_the_data_file"
+    payload = _Exploit(target)
+    batch = payload if where == "top" else {b"data": np.zeros((4, 3072), np.uint8),
+                                            b"labels": [0, 1, 2, payload]}
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(cifar_data.UnsafeFileError, match=r"test_batch.*write_text"):
+        cifar10(tmp_path, train=False)
+    assert not target.exists()                       # the loader ran nothing ...
+    # ... where plain pickle.load runs it: the file really is an exploit
+    with open(folder / "test_batch", "rb") as f:
+        pickle.load(f)
+    assert target.read_text() == "pwned"
+
+
+def _write(folder, name, obj=None, raw=None):
+    with open(folder / name, "wb") as f:
+        f.write(raw if raw is not None else pickle.dumps(obj))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated", "damaged or not a CIFAR-10 python batch"),
+    ("empty", "damaged or not a CIFAR-10 python batch"),
+    ("garbage", "damaged or not a CIFAR-10 python batch"),
+    ("not a dict", r"not a CIFAR-10 python batch \(a dict"),
+    ("wrong shape", r"shape \(n, 3072\), got \(4, 100\)"),
+    ("labels outside 0..9", r"labels outside 0\.\.9 \(min 0, max 10\)"),
+    ("pixels outside 0..255", r"pixels outside 0\.\.255 \(min 0, max 300\)"),
+    ("float pixels", "pixels must be integers"),
+    ("float labels", r"list of int, got \['float'\]"),
+    ("count mismatch", "4 images but 3 labels"),
+])
+def test_damaged_files_are_value_errors_naming_the_file_and_the_fault(tmp_path, case, message):
+    folder = write_batches(tmp_path, 4)
+    good = (folder / "test_batch").read_bytes()
+    data, labels = np.zeros((4, 3072), np.uint8), [0, 1, 2, 3]
+    if case == "truncated":
+        _write(folder, "test_batch", raw=good[: len(good) // 2])
+    elif case == "empty":
+        _write(folder, "test_batch", raw=b"")
+    elif case == "garbage":
+        _write(folder, "test_batch", raw=np.random.default_rng(0).bytes(5000))
+    elif case == "not a dict":
+        _write(folder, "test_batch", [data, labels])
+    elif case == "wrong shape":
+        _write(folder, "test_batch", {b"data": np.zeros((4, 100), np.uint8), b"labels": labels})
+    elif case == "labels outside 0..9":
+        _write(folder, "test_batch", {b"data": data, b"labels": [0, 1, 2, 10]})
+    elif case == "pixels outside 0..255":
+        bad = data.astype(np.int64)
+        bad[0, 0] = 300                      # would wrap around to 44 as uint8
+        _write(folder, "test_batch", {b"data": bad, b"labels": labels})
+    elif case == "float pixels":
+        _write(folder, "test_batch", {b"data": data.astype(np.float32), b"labels": labels})
+    elif case == "float labels":
+        _write(folder, "test_batch", {b"data": data, b"labels": [0.0, 1.0, 2.0, 3.0]})
+    elif case == "count mismatch":
+        _write(folder, "test_batch", {b"data": data, b"labels": [0, 1, 2]})
+    with pytest.raises(ValueError, match=message) as err:
+        cifar10(tmp_path, train=False)
+    assert str(folder / "test_batch") in str(err.value)
+    assert "download=True" in str(err.value)
+
+
+def test_download_repairs_a_damaged_copy(tmp_path, monkeypatch):
+    archive = _archive(tmp_path)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar_data, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(cifar_data, "CIFAR10_MD5", md5)
+    root = tmp_path / "root"
+    sound = cifar10(root, train=False, download=True)
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:100])                   # cut short
+    with pytest.raises(ValueError, match="damaged"):
+        cifar10(root, train=False)                                 # no download: an error
+    (root / "cifar-10-python.tar.gz").write_bytes(b"not the archive")  # and the archive too
+    with pytest.warns(UserWarning, match="downloading the official archive again"):
+        repaired = cifar10(root, train=False, download=True)
+    assert torch.equal(repaired.images, sound.images)
+    assert torch.equal(repaired.labels, sound.labels)
