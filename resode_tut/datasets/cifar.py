@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["cifar10", "Cifar10", "UnsafeFileError", "default_root", "normalise", "augment", "prepare", "CLASSES",
-           "CIFAR10_URL", "CIFAR10_MD5", "MEAN", "STD"]
+__all__ = ["cifar10", "Cifar10", "UnsafeFileError", "default_root", "normalise", "augment",
+           "prepare", "CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "MEAN", "STD"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -126,7 +126,8 @@ class UnsafeFileError(ValueError):
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickles only what the official python batches contain: dicts, lists,
     str/bytes, ints and NumPy arrays.  Any other global (a function to call, a
-    class to build) is refused, so a crafted file cannot run code."""
+    class to build) is refused, so a crafted file cannot run code.
+    """
 
     _allowed = None
 
@@ -197,7 +198,8 @@ def _missing_message(folder: Path, names) -> str:
 
 def _download(root: Path) -> None:
     """Fetch the archive (unless an MD5-checked copy is there), check it and unpack it
-    over whatever the folder holds."""
+    over whatever the folder holds.
+    """
     url, md5 = CIFAR10_URL, CIFAR10_MD5
     root.mkdir(parents=True, exist_ok=True)
     archive = root / "cifar-10-python.tar.gz"
