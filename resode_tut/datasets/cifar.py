@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["cifar10", "Cifar10", "UnsafeFileError", "default_root", "normalise", "augment",
+__all__ = ["cifar10", "Cifar10", "UnsafeFileError", "data_identity", "default_root", "normalise", "augment",
            "prepare", "CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "MEAN", "STD"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -294,6 +294,33 @@ def _load_split(folder: Path, files, train: bool) -> Cifar10:
     x = torch.from_numpy(np.concatenate(images))
     y = torch.tensor(labels, dtype=torch.int64)
     return Cifar10(x, y, source, folder, train)
+
+
+def data_identity(root: str | os.PathLike | None = None) -> str:
+    """Which copy of CIFAR-10 ``root`` holds: ``"official:<digest>"`` when all six
+    batches have the official MD5 sums, else ``"other:<digest>"``; the digest
+    (16 hex digits) hashes the six files' MD5 sums, so two copies that differ in
+    any byte have different identities.
+
+    Parameters
+    ----------
+    root : path, optional
+        The folder that holds ``cifar-10-batches-py/``; default :func:`default_root`.
+
+    Raises
+    ------
+    FileNotFoundError
+        A batch is missing (the message says how to get the data).
+    """
+    root = default_root() if root is None else Path(root).expanduser()
+    folder = root / FOLDER
+    files = _TRAIN + _TEST
+    if not all((folder / name).is_file() for name, _ in files):
+        raise FileNotFoundError(_missing_message(folder, [n for n, _ in files]))
+    sums = [_md5(folder / name) for name, _ in files]
+    official = all(got == md5 for got, (_, md5) in zip(sums, files))
+    digest = hashlib.sha256(" ".join(sums).encode()).hexdigest()[:16]
+    return f"{'official' if official else 'other'}:{digest}"
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

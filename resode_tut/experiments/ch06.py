@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from ..cifar_resnet import CifarResNet, untie
-from ..datasets.cifar import SHORT_NAMES, cifar10, prepare
+from ..datasets.cifar import SHORT_NAMES, cifar10, data_identity, prepare
 from ..runtime import seed_everything
 from . import cache
 from .cifar_training import (
@@ -139,18 +139,22 @@ def code_version() -> str:
     return cache.code_version("resode_tut.experiments.ch06")
 
 
-def cache_key(config: FinetuneConfig, device: str | torch.device) -> str:
-    """Key of a result: configuration, device type and code version (the torch version is
-    recorded in the result, not keyed, so a GPU result made elsewhere can be shown).
+def cache_key(config: FinetuneConfig, device: str | torch.device, data_id: str) -> str:
+    """Key of a result: configuration, device type, code version and data copy (the
+    torch version is recorded in the result, not keyed, so a GPU result made elsewhere
+    can be shown).
 
     Parameters
     ----------
     config : FinetuneConfig
     device : str or torch.device
         Only its type (``cpu``, ``cuda``) counts.
+    data_id : str
+        The CIFAR-10 copy (:func:`resode_tut.datasets.cifar.data_identity`): a result
+        from the JPEG mirror is never served for the official archive, nor the reverse.
     """
     text = json.dumps({"config": asdict(config), "device": torch.device(device).type,
-                       "code": code_version()}, sort_keys=True)
+                       "code": code_version(), "data": data_id}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -169,8 +173,8 @@ def _config(config: FinetuneConfig | str) -> FinetuneConfig:
     return CONFIGS[config]
 
 
-def _path(config: FinetuneConfig, device, out_dir: Path) -> Path:
-    return Path(out_dir) / f"finetune-{config.name}-{cache_key(config, device)}.json"
+def _path(config: FinetuneConfig, device, out_dir: Path, data_id: str) -> Path:
+    return Path(out_dir) / f"finetune-{config.name}-{cache_key(config, device, data_id)}.json"
 
 
 def _split(root, train: bool, n: int, seed: int, download: bool):
@@ -214,6 +218,7 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     seed_everything(config.seed)
     train_data = _split(data_root, True, config.train_images, config.seed, download)
     test_data = _split(data_root, False, config.test_images, config.seed, download)
+    data_id = data_identity(data_root)
     fit = dict(device=device, batch=config.batch)
 
     # 1. the tied network, and the same weights at other depths
@@ -266,10 +271,10 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                       {m: gradient_agreement(finetuned[m], x_g, y_g) for m in METHODS})
 
     return FinetuneResult(
-        config=config, key=cache_key(config, device), code=code_version(),
+        config=config, key=cache_key(config, device, data_id), code=code_version(),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        torch=torch.__version__, data_source=train_data.source,
+        torch=torch.__version__, data_source=train_data.source, data_id=data_id,
         train_images=len(train_data), test_images=len(test_data),
         pretrain=Pretraining(config.pretrain_depth, pre.test_accuracy, pre.train_loss,
                              pre.seconds, at_depth, shared_stats),
@@ -303,9 +308,11 @@ def validate(result: FinetuneResult, config: FinetuneConfig | str) -> str | None
     return result.problems(METHODS)
 
 
-def _read(path: Path, config: FinetuneConfig, device) -> FinetuneResult | None:
-    """The result in ``path`` if it is current and complete; ``None`` (with a warning
-    for a damaged or incomplete file) otherwise.
+def _read(path: Path, config: FinetuneConfig, device,
+          data_id: str | None) -> FinetuneResult | None:
+    """The result in ``path`` if it is current (for ``data_id``; for the data copy it
+    names when ``data_id`` is None) and complete; ``None`` (with a warning for a
+    damaged or incomplete file) otherwise.
     """
     if not path.is_file():
         return None
@@ -315,7 +322,7 @@ def _read(path: Path, config: FinetuneConfig, device) -> FinetuneResult | None:
         warnings.warn(f"ignoring the damaged result file {path} ({err}): it is recomputed",
                       stacklevel=3)
         return None
-    if result.key != cache_key(config, device):
+    if result.key != cache_key(config, device, result.data_id if data_id is None else data_id):
         return None
     problem = validate(result, config)
     if problem is not None:
@@ -326,9 +333,9 @@ def _read(path: Path, config: FinetuneConfig, device) -> FinetuneResult | None:
 
 
 def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
-         out_dir=None) -> FinetuneResult | None:
-    """The cached result for this configuration, device type and code, or ``None``
-    (also, with a warning, for a damaged or incomplete file).
+         out_dir=None, data_root=None, any_data: bool = False) -> FinetuneResult | None:
+    """The cached result for this configuration, device type, code and data copy, or
+    ``None`` (also, with a warning, for a damaged or incomplete file).
 
     Parameters
     ----------
@@ -337,15 +344,29 @@ def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     device : str or torch.device
     out_dir : path, optional
         Results folder (default :func:`default_results_dir`).
+    data_root : path, optional
+        Folder holding ``cifar-10-batches-py``: the result must come from that copy.
+    any_data : bool
+        Instead, the newest current result from any copy of CIFAR-10 (it names its
+        copy in ``data_source``): for showing a result made on another machine.
     """
     config = _config(config)
-    return _read(_path(config, device, default_results_dir() if out_dir is None else out_dir),
-                 config, device)
+    out_dir = default_results_dir() if out_dir is None else Path(out_dir)
+    if not any_data:
+        data_id = data_identity(data_root)
+        return _read(_path(config, device, out_dir, data_id), config, device, data_id)
+    files = sorted(out_dir.glob(f"finetune-{config.name}-*.json"),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in files:
+        result = _read(path, config, device, None)
+        if result is not None:
+            return result
+    return None
 
 
 def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
     """Result files of this configuration's name that are *not* current (other
-    configuration, device type or code): they are never loaded.
+    configuration or code, or damaged): they are never loaded.
 
     Parameters
     ----------
@@ -356,8 +377,13 @@ def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
     """
     config = _config(config)
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
-    current = {_path(config, d, out_dir) for d in ("cpu", "cuda")}
-    return sorted(p for p in out_dir.glob(f"finetune-{config.name}-*.json") if p not in current)
+    stale = []
+    for path in sorted(out_dir.glob(f"finetune-{config.name}-*.json")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if all(_read(path, config, d, None) is None for d in ("cpu", "cuda")):
+                stale.append(path)
+    return stale
 
 
 def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
@@ -389,8 +415,10 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
     """
     config = _config(config)
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
-    path = _path(config, device, out_dir)
-    result = None if force else _read(path, config, device)
+    cifar10(data_root, train=False, download=download)   # there, and sound, or fetched
+    data_id = data_identity(data_root)
+    path = _path(config, device, out_dir, data_id)
+    result = None if force else _read(path, config, device, data_id)
     if result is None:
         result = run(config, device, data_root, download)
         problem = validate(result, config)
@@ -557,9 +585,9 @@ def main(argv=None) -> int:
     out = default_results_dir() if args.out is None else Path(args.out)
     result = train_or_load(args.config, args.device, out, args.data, args.download, args.force)
     print(summary(result))
-    figure = _path(CONFIGS[args.config], args.device, out).with_suffix(".png")
+    figure = Path(result.path).with_suffix(".png")
     plot(result).savefig(figure, dpi=120)
-    print(f"results: {_path(CONFIGS[args.config], args.device, out)} and {figure}")
+    print(f"results: {result.path} and {figure}")
     return 0
 
 

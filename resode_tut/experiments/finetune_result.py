@@ -134,6 +134,9 @@ class FinetuneResult:
         Cache key and code version it was computed with.
     device, torch, data_source : str
         Where, with which torch, and on which copy of CIFAR-10.
+    data_id : str
+        That copy's identity (:func:`resode_tut.datasets.cifar.data_identity`:
+        official or not, and a checksum of its files), part of the cache key.
     train_images, test_images : int
     pretrain : Pretraining
     depth : int
@@ -158,6 +161,7 @@ class FinetuneResult:
     device: str
     torch: str
     data_source: str
+    data_id: str
     train_images: int
     test_images: int
     pretrain: Pretraining

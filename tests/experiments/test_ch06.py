@@ -26,7 +26,17 @@ TINY = finetune.FinetuneConfig("tiny", train_images=120, test_images=40, channel
                                memory_batch=8, gradient_depths=(2, 8), gradient_batch=8)
 
 
-def _fake_result(config, device="cpu"):
+@pytest.fixture(autouse=True)
+def default_data(tmp_path_factory, monkeypatch):
+    """A small CIFAR-10 folder as the default data copy (``RESODE_DATA``)."""
+    root = tmp_path_factory.getbasetemp() / "default-cifar"
+    if not (root / "cifar-10-batches-py").is_dir():
+        write_batches(root, 40)
+    monkeypatch.setenv("RESODE_DATA", str(root))
+    return root
+
+
+def _fake_result(config, device="cpu", data_id=None):
     """A complete result of ``config`` with made-up numbers (for cache tests only)."""
     from resode_tut.experiments.finetune_result import (
         Agreement,
@@ -37,9 +47,11 @@ def _fake_result(config, device="cpu"):
     )
     methods = finetune.METHODS
     agree = lambda: Agreement([0.1], 0.1, 0.1, 0.3)
+    data_id = cifar_data.data_identity() if data_id is None else data_id
     return finetune.FinetuneResult(
-        config=config, key=finetune.cache_key(config, device), code=finetune.code_version(),
-        device="cpu", torch=torch.__version__, data_source="test", train_images=1,
+        config=config, key=finetune.cache_key(config, device, data_id),
+        code=finetune.code_version(), device="cpu", torch=torch.__version__,
+        data_source="test", data_id=data_id, train_images=1,
         test_images=1,
         pretrain=Pretraining(config.pretrain_depth, [0.5], [1.0], [1.0], {2: 0.45}, 0.4),
         depth=config.depth,
@@ -110,14 +122,45 @@ def test_training_is_seeded_and_the_adjoint_follows_backprop(tmp_path):
     assert runs["a"].train_loss[-1] < runs["a"].train_loss[0]  # it learns
 
 
-def test_the_cache_key_follows_configuration_device_and_code(monkeypatch):
-    key = finetune.cache_key(TINY, "cpu")
-    assert key == finetune.cache_key(TINY, "cpu")
+def test_the_cache_key_follows_configuration_device_code_and_data(monkeypatch):
+    key = finetune.cache_key(TINY, "cpu", "other:1")
+    assert key == finetune.cache_key(TINY, "cpu", "other:1")
     assert key != finetune.cache_key(finetune.FinetuneConfig(**{**TINY.__dict__, "lr": 0.02}),
-                                     "cpu")
-    assert key != finetune.cache_key(TINY, "cuda")
+                                     "cpu", "other:1")
+    assert key != finetune.cache_key(TINY, "cuda", "other:1")
+    assert key != finetune.cache_key(TINY, "cpu", "official:1")
     monkeypatch.setattr(finetune, "code_version", lambda: "something else")
-    assert key != finetune.cache_key(TINY, "cpu")
+    assert key != finetune.cache_key(TINY, "cpu", "other:1")
+
+
+def test_a_result_from_one_data_copy_is_never_served_for_another(tmp_path, monkeypatch):
+    mirror, official = tmp_path / "mirror", tmp_path / "official"
+    write_batches(mirror, 10)
+    folder = write_batches(official, 10, names=".png", seed=1)
+    sums = {p.name: cifar_data._md5(p) for p in folder.iterdir()}
+    monkeypatch.setattr(cifar_data, "_TRAIN", tuple((n, sums[n]) for n, _ in cifar_data._TRAIN))
+    monkeypatch.setattr(cifar_data, "_TEST", (("test_batch", sums["test_batch"]),))
+    ids = {root: cifar_data.data_identity(root) for root in (mirror, official)}
+    assert ids[official].startswith("official:") and ids[mirror].startswith("other:")
+    runs = []
+    monkeypatch.setattr(finetune, "run", lambda config, device, root, download: runs.append(
+        root) or _fake_result(TINY, data_id=cifar_data.data_identity(root)))
+    out = tmp_path / "results"
+    from_mirror = finetune.train_or_load(TINY, "cpu", out, data_root=mirror)
+    assert finetune.train_or_load(TINY, "cpu", out, data_root=mirror).cached
+    assert finetune.load(TINY, "cpu", out, data_root=official) is None
+    from_official = finetune.train_or_load(TINY, "cpu", out, data_root=official)
+    assert not from_official.cached and runs == [mirror, official]
+    assert from_official.data_id == ids[official] and from_mirror.data_id == ids[mirror]
+    # both stay cached side by side; one changed byte makes another copy
+    assert finetune.load(TINY, "cpu", out, data_root=mirror) == from_mirror
+    batch = mirror / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:-1] + b"\x00")
+    assert cifar_data.data_identity(mirror) != ids[mirror]
+    assert finetune.load(TINY, "cpu", out, data_root=mirror) is None
+    # showing a result made elsewhere: the newest current one, whatever its copy
+    assert finetune.load(TINY, "cpu", out, any_data=True).data_id in ids.values()
+    assert finetune.stale_results(TINY, out) == []
 
 
 def test_bad_configuration_or_device_is_named():
@@ -142,16 +185,18 @@ def test_command_line_runs_writes_and_serves_only_current_results(tmp_path, monk
     assert result.data_source == cifar_data.JPEG_MIRROR and result.train_images == 120
     assert len(result.finetune["adjoint"].test_accuracy) == 2  # start + 1 epoch
     assert result.config == TINY and result.pretrain.accuracy_at_depth.keys() == {2, 8}
-    loaded = finetune.load(TINY, "cpu", out)
+    data = tmp_path / "data"
+    loaded = finetune.load(TINY, "cpu", out, data_root=data)
     assert loaded == result and loaded.cached and loaded.path == str(path)
+    assert result.data_id == cifar_data.data_identity(data)
     # a change of code makes the stored result stale: never served
     monkeypatch.setattr(finetune, "code_version", lambda: "changed")
-    assert finetune.load(TINY, "cpu", out) is None
+    assert finetune.load(TINY, "cpu", out, data_root=data) is None
     # and a result file whose content has another key is not served either
     monkeypatch.undo()
     monkeypatch.setitem(finetune.CONFIGS, "tiny", TINY)
     path.write_text(dataclasses.replace(result, key="old").to_json())
-    assert finetune.load(TINY, "cpu", out) is None
+    assert finetune.load(TINY, "cpu", out, data_root=data) is None
 
 
 def test_the_result_round_trips_through_json_and_malformed_files_are_named():
