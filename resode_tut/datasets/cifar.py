@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["cifar10", "Cifar10", "UnsafeFileError", "data_identity", "default_root", "normalise", "augment",
-           "prepare", "CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "MEAN", "STD"]
+__all__ = ["cifar10", "Cifar10", "UnsafeFileError", "data_identity", "default_root",
+           "normalise", "augment", "prepare", "CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "MEAN",
+           "STD"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
