@@ -31,8 +31,11 @@ What backward guarantees (each one tested against plain backprop):
   generators end where a plain backward leaves them.  The cost is one random
   state (5,056 bytes for the CPU generator, plus 16 per CUDA device) per
   evaluation that draws random numbers: about 5 KB per dropout layer, and
-  one state in all for a deterministic stack.  The states are saved for
-  backward, so :class:`~resode_tut.memory.SavedTensorsCounter` counts them.
+  nothing for a deterministic stack.  The states are saved for backward, so
+  :class:`~resode_tut.memory.SavedTensorsCounter` counts them.  To find out
+  cheaply, a forward compares the generators before and after; a stack found
+  to draw random numbers runs that forward once more from the same state,
+  recording, and records directly from then on (until a forward draws none).
 * **Autocast**: backward re-enters the forward's ``torch.autocast`` state.
 * **dtype changes**: a function may return another floating dtype than its
   input's (float64 from float32); each reconstructed state is cast back to the
@@ -78,6 +81,7 @@ class ReconstructionWarning(UserWarning):
 
 
 _CHECK_EVERY = 32  # layers between finiteness checks of the reconstruction
+_AccumulateGrad = torch._C._functions.AccumulateGrad   # the graph node of a leaf
 
 
 @contextmanager
@@ -99,10 +103,6 @@ def _unique(tensors):
             seen.add(id(t))
             out.append(t)
     return out
-
-
-def _unique_params(functions):
-    return _unique(p for f in functions for p in f.parameters() if p.requires_grad)
 
 
 def _step_functions(stack, n):
@@ -155,18 +155,20 @@ class _RngTape:
     :func:`torch.utils.checkpoint.checkpoint` does).  A state is the CPU
     generator's (5,056 bytes) and, per CUDA device in use, that device's (16
     bytes).  An evaluation that drew no random numbers leaves the state as it
-    found it, so the next entry shares the previous one's tensor: a
-    deterministic stack stores one state in all, a random one a state per
-    random evaluation.
+    found it, so the next entry shares the previous one's tensor: a stack stores
+    a state per random evaluation, and a deterministic one none at all.
     """
 
     def __init__(self, devices):
         self.devices = devices
         self.states = []
 
+    def snapshot(self):
+        """The generators' states now: (CPU state, [CUDA states])."""
+        return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self.devices]
+
     def record(self, k: int) -> None:
-        cpu = torch.get_rng_state()
-        cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+        cpu, cuda = self.snapshot()
         if self.states:
             last_cpu, last_cuda = self.states[-1]
             cpu = last_cpu if torch.equal(last_cpu, cpu) else cpu
@@ -175,9 +177,26 @@ class _RngTape:
 
     def restore(self, i: int) -> None:
         cpu, cuda = self.states[i]
+        self.set((cpu, cuda))
+
+    def set(self, state) -> None:
+        """Set the generators to a :meth:`snapshot`."""
+        cpu, cuda = state
         torch.set_rng_state(cpu)
-        for d, state in zip(self.devices, cuda):
-            torch.cuda.set_rng_state(state, d)
+        for d, c in zip(self.devices, cuda):
+            torch.cuda.set_rng_state(c, d)
+
+    def unchanged_since(self, state) -> bool:
+        """Whether no generator has drawn a number since the :meth:`snapshot` ``state``."""
+        cpu, cuda = self.snapshot()
+        return torch.equal(cpu, state[0]) and all(map(torch.equal, cuda, state[1]))
+
+    @property
+    def random(self) -> bool:
+        """Whether the recorded evaluations drew random numbers (there is anything to
+        replay).
+        """
+        return len(self.tensors()) > len(self.devices) + 1
 
     def tensors(self) -> list[torch.Tensor]:
         """The distinct state tensors (saved for backward, so memory counters see them)."""
@@ -185,6 +204,8 @@ class _RngTape:
 
 
 def _cuda_devices(tensors):
+    if not torch.cuda.is_initialized():   # then no tensor can be on a CUDA device
+        return []
     return sorted({t.device.index if t.device.index is not None
                    else torch.cuda.current_device()
                    for t in tensors if t.device.type == "cuda"})
@@ -208,22 +229,6 @@ def _replay(stack, tape, n):
     return lambda k: tape.restore(per_step * n + (k - n))
 
 
-def _graph_leaves(out):
-    """The tensors requiring grad at the leaves of ``out``'s graph (by identity)."""
-    leaves, seen, todo = [], set(), [out.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)   # AccumulateGrad: a leaf
-        if variable is not None:
-            leaves.append(variable)
-        else:
-            todo.extend(f for f, _ in node.next_functions)
-    return leaves
-
-
 def _captured_error(n, tensor):
     return RuntimeError(
         f"step {n} of the adjoint stack uses a tensor of shape {tuple(tensor.shape)} that "
@@ -234,21 +239,86 @@ def _captured_error(n, tensor):
         "function, or use adjoint=False")
 
 
+def _forward(stack, x, tape):
+    """The stack's steps without a graph (recording random states into ``tape``,
+    if given): ``x_N`` and the dtype of every state ``x_0 ... x_N``.
+    """
+    dtypes = [x.dtype]   # a function may change the dtype: backward casts back
+    with torch.no_grad(), _calling(stack, tape.record if tape else None):
+        for n in range(stack.num_steps):
+            x = stack.step(n, x)
+            dtypes.append(x.dtype)
+    return x, dtypes
+
+
+def _plan(stack, params):
+    """Per step: the residual functions it evaluates, the parameters they own that
+    require grad, with their gradient slots, and their buffers.
+
+    The structure is kept per stack until any module registers a parameter or a
+    submodule (see :func:`_stack_parameters`); the parameters are filtered by
+    ``requires_grad`` (``params``) each backward.
+    """
+    index = {id(p): i for i, p in enumerate(params)}
+    cached = stack.__dict__.get("_plan_cache")
+    if cached is None or cached[0] != _registrations[0]:
+        structure = []
+        for n in range(stack.num_steps):
+            functions = _step_functions(stack, n)
+            structure.append((functions, _unique(p for f in functions for p in f.parameters()),
+                              _unique(b for f in functions for b in f.buffers())))
+        cached = (_registrations[0], structure)
+        stack.__dict__["_plan_cache"] = cached
+    plan = []
+    for functions, all_params, buffers in cached[1]:
+        ps = [p for p in all_params if id(p) in index]
+        plan.append((functions, ps, [index[id(p)] for p in ps], buffers))
+    return plan, index
+
+
+def _leaves_checked(k, x_req, index, own, n, seen=None):
+    """The stack parameters under ``k`` that are not in ``own`` (a closure reaching
+    another function's weights); raises for a leaf requiring grad that is neither
+    ``x_req`` nor a stack parameter (a captured tensor would get no gradient).
+    """
+    seen, todo, borrowed = set() if seen is None else seen, [k.grad_fn], []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if not isinstance(node, _AccumulateGrad):
+            todo.extend(f for f, _ in node.next_functions)
+            continue
+        leaf = node.variable
+        if leaf is not x_req and id(leaf) not in own:
+            if id(leaf) not in index:
+                raise _captured_error(n, leaf)
+            borrowed.append(leaf)
+    return borrowed
+
+
 class _DiscreteAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x0, stack, params_count, *params):
-        tape = (_RngTape(_cuda_devices([x0, *params]))
-                if stack.preserve_rng_state else None)
         device_type = x0.device.type
         ctx.autocast = {device_type: _autocast_state(device_type), "cpu": _autocast_state("cpu")}
-        ctx.stack, ctx.params, ctx.tape = stack, params, tape
-        dtypes = [x0.dtype]  # a function may change the dtype: backward casts back
-        x = x0
-        with torch.no_grad(), _calling(stack, tape.record if tape else None):
-            for n in range(stack.num_steps):
-                x = stack.step(n, x)
-                dtypes.append(x.dtype)
-        ctx.dtypes = dtypes
+        tape = _RngTape(_cuda_devices([x0, *params])) if stack.preserve_rng_state else None
+        if tape is not None:
+            start = tape.snapshot()
+        # record a state per evaluation only for a stack last seen drawing random numbers
+        x, dtypes = _forward(stack, x0, tape if stack._rng_seen else None)
+        if tape is not None:
+            if stack._rng_seen and not tape.random:
+                stack._rng_seen, tape.states = False, []
+            elif not stack._rng_seen and not tape.unchanged_since(start):
+                # random after all: run the forward again from the same state, recording
+                end = tape.snapshot()
+                tape.set(start)
+                _forward(stack, x0, tape)
+                tape.set(end)
+                stack._rng_seen = True
+        ctx.stack, ctx.params, ctx.tape, ctx.dtypes = stack, params, tape, dtypes
         ctx.save_for_backward(x0, x, *(tape.tensors() if tape else ()))
         return x
 
@@ -260,41 +330,114 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 "graph (create_graph=True, double backward, gradient penalties). Use "
                 "adjoint=False for higher-order gradients")
         x0, x = ctx.saved_tensors[:2]
-        stack, params, tape = ctx.stack, ctx.params, ctx.tape
-        index = {id(p): i for i, p in enumerate(params)}
-        grads = [None] * len(params)
-        p_adj = grad_out
+        stack, tape, dtypes = ctx.stack, ctx.tape, ctx.dtypes
+        plan, index = _plan(stack, ctx.params)
+        borrowed = {}   # id(function) -> stack parameters it reaches but does not own
+        # a stack that drew no random numbers in forward has nothing to replay
+        replay = tape.restore if tape is not None and tape.random else None
+        per_step = 1 if stack.scheme == "euler" else 2
+        h = stack.h
+        grads = [None] * len(ctx.params)
+        p = grad_out
         x = x.detach()
+        # grad mode is off here (checked above): only the re-evaluation enables it
         with torch.random.fork_rng(devices=tape.devices if tape else [],
-                                   enabled=tape is not None), _autocast(ctx.autocast):
+                                   enabled=replay is not None), _autocast(ctx.autocast):
             for n in reversed(range(stack.num_steps)):
-                buffers = _unique(b for f in _step_functions(stack, n) for b in f.buffers())
-                with torch.no_grad(), _calling(stack, _replay(stack, tape, n)):
-                    # in the dtype the step's input had in forward
-                    x = reverse_step(stack, n, x.to(ctx.dtypes[n])).to(ctx.dtypes[n])
-                if n % _CHECK_EVERY == 0:
-                    _check_finite(x, n)
-                with torch.enable_grad(), _buffers_frozen(buffers), \
-                        _calling(stack, _replay(stack, tape, n)):
-                    # buffers are restored only after the VJP: BatchNorm's backward
-                    # checks that they were not modified in between
-                    x_req = x.detach().requires_grad_(True)
-                    out = stack.step(n, x_req)
-                    own = []
-                    for leaf in _graph_leaves(out):
-                        if id(leaf) in index:
-                            own.append(leaf)
-                        elif leaf is not x_req:
-                            raise _captured_error(n, leaf)
-                    vjp = torch.autograd.grad(out, [x_req, *own], grad_outputs=p_adj,
-                                              allow_unused=True)
-                p_adj = vjp[0]
-                for p, g in zip(own, vjp[1:]):
+                functions, ps, slots, buffers = plan[n]
+                dtype = dtypes[n]   # the dtype the step's input had in forward
+                saved = [b.clone() for b in buffers] if buffers else None
+                try:
+                    x = _reconstruct_step(functions, h, x if x.dtype == dtype else x.to(dtype),
+                                          replay, per_step * n)
+                    x = x if x.dtype == dtype else x.to(dtype)
+                    if n % _CHECK_EVERY == 0:
+                        _check_finite(x, n)
+                    with torch.enable_grad():
+                        x_req = x.requires_grad_(True)   # x is the loop's own tensor
+                        out, scale, add_p, ks = _residual(functions, h, x_req, replay,
+                                                          per_step * n)
+                        # each function's graph is checked once a backward (its first
+                        # evaluation there): captured tensors refused, borrowed weights found
+                        extra = []
+                        for f, k in zip(functions, ks):
+                            if id(f) not in borrowed:
+                                borrowed[id(f)] = _leaves_checked(
+                                    k, x_req, index, {id(q) for q in _own(f, index)}, n)
+                            extra += borrowed[id(f)]
+                        if extra:
+                            extra = [q for q in _unique(extra) if all(q is not r for r in ps)]
+                        vjp = _vjp(out, p * scale if add_p else p, (x_req, *ps, *extra))
+                finally:   # after the VJP: BatchNorm's backward checks the buffers
+                    if saved:
+                        for b, value in zip(buffers, saved):
+                            b.copy_(value)
+                x = x.detach()
+                g_x = vjp[0]
+                p = (p if p.dtype == g_x.dtype else p.to(g_x.dtype)) + g_x if add_p else g_x
+                for i, g in zip(slots + [index[id(q)] for q in extra], vjp[1:]):
                     if g is not None:
-                        i = index[id(p)]
                         grads[i] = g if grads[i] is None else grads[i] + g
         stack._report_reconstruction(_relative_distance(x, x0))
-        return (p_adj, None, None, *grads)
+        return (p, None, None, *grads)
+
+
+# One vector-Jacobian product through torch's autograd engine, as torch.autograd.grad
+# makes it but without its argument processing (about 8 us a call, once a layer);
+# torch.autograd.grad itself where the engine's entry point is not there.
+try:
+    _run_backward = torch.autograd.Variable._execution_engine.run_backward
+except AttributeError:  # pragma: no cover - other torch versions
+    _run_backward = None
+
+
+def _vjp(out, grad, inputs):
+    """``(d out / d inputs)^T grad`` for each input (None where unreached)."""
+    if _run_backward is not None:
+        return _run_backward((out,), (grad,), False, False, inputs, True, False)
+    return torch.autograd.grad(out, inputs, grad, allow_unused=True)
+
+
+def _reconstruct_step(functions, h, x, replay, first):
+    """``x~_n`` from ``x~_{n+1}`` (called with grad mode off): :func:`reverse_step`
+    without its checks, with the random states of evaluations ``first``, ``first + 1``
+    replayed.
+    """
+    if len(functions) == 1:     # Euler
+        if replay:
+            replay(first)
+        return x - h * functions[0](x)
+    if replay:
+        replay(first + 1)
+    k1 = functions[1](x)
+    if replay:
+        replay(first)
+    k2 = functions[0]((x - h * k1).to(x.dtype))
+    return x - (h / 2) * (k1 + k2)
+
+
+def _residual(functions, h, x, replay, first):
+    """What the VJP is taken of, at ``x``; its factor; whether ``p`` must then be
+    added; and each function's output (whose graphs are checked).
+
+    Euler: the residual part ``f_n(x)`` alone (step ``x + h f_n(x)``: the VJP is
+    ``p + h J^T p``, one product and one sum fewer than through the whole step).
+    Heun: the whole step, so that the three contributions to ``p_n`` are summed
+    in autograd's order and the gradients stay bitwise those of the recursion.
+    """
+    if replay:
+        replay(first)
+    k1 = functions[0](x)
+    if len(functions) == 1:
+        return k1, h, True, (k1,)
+    if replay:
+        replay(first + 1)
+    k2 = functions[1](x + h * k1)
+    return x + (h / 2) * (k1 + k2), 1.0, False, (k1, k2)
+
+
+def _own(f, index):
+    return [q for q in f.parameters() if id(q) in index]
 
 
 def _autocast_state(device_type):
@@ -337,8 +480,31 @@ def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
         discrete adjoint and stores nothing but ``x_0``, ``x_N`` (and, when
         replaying, a random state per evaluation that drew random numbers).
     """
-    params = _unique_params(stack.functions)
+    params = _stack_parameters(stack)
     return _DiscreteAdjoint.apply(x, stack, len(params), *params)
+
+
+# Listing a deep stack's parameters costs about 2 us a layer; the list is kept per stack
+# until any module anywhere registers a parameter or a submodule (torch's global hooks).
+_registrations = [0]
+
+
+def _count_registration(*args):
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
+
+
+def _stack_parameters(stack):
+    """The distinct parameters of the stack's functions that require grad."""
+    cached = stack.__dict__.get("_params_cache")
+    if cached is None or cached[0] != _registrations[0]:
+        cached = (_registrations[0],
+                  _unique(p for f in stack.functions for p in f.parameters()))
+        stack.__dict__["_params_cache"] = cached
+    return [p for p in cached[1] if p.requires_grad]
 
 
 def reconstruct(stack, x_N: torch.Tensor) -> torch.Tensor:

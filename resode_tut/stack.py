@@ -57,8 +57,8 @@ class ResidualStack(nn.Module):
         evaluation of a residual function and replay it in backward (as
         :func:`torch.utils.checkpoint.checkpoint` does), so dropout masks are
         the forward's.  Costs 5 KB (the CPU generator's state) per evaluation
-        that draws random numbers, and one state for a deterministic stack;
-        turn it off for deterministic functions to save the time.
+        that draws random numbers, nothing for a deterministic stack but a
+        comparison of the generators before and after the forward.
     reconstruction_tol : float
         With ``adjoint=True``: the largest relative reconstruction error
         ``||x~_0 - x_0|| / ||x_0||`` of the input that backward accepts
@@ -153,6 +153,7 @@ class ResidualStack(nn.Module):
         self.last_reconstruction_error = None
         self._warned = False
         self._before_f = None   # set by the adjoint to record or replay random states
+        self._rng_seen = False  # the adjoint's last forward drew random numbers
 
     @property
     def adjoint(self) -> bool:

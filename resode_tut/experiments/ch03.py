@@ -7,16 +7,18 @@ chapter 4).  This module adds the benchmark, also a command line::
 
     python -m resode_tut.experiments.ch03 adjoint [options]
 
-For Euler stacks of tanh layers (:func:`resode_tut.tanh_stack`, smooth weights)
-at several depths, one run measures for each gradient method: wall time of a forward +
-backward step,
-bytes kept for backward, and (in float64, on a smaller batch) the relative
-error of the gradient against backpropagation.
+For Euler (or Heun) stacks of tanh layers (:func:`resode_tut.tanh_stack`, smooth
+weights) at several depths, one run measures for each gradient method: the wall
+time of a forward + backward step (methods interleaved, with the adjoint's floor,
+compared as paired ratios), bytes kept for backward, and (in float64, on a smaller
+batch) the relative error of the gradient against backpropagation.
 """
 from __future__ import annotations
 
 import argparse
+import os
 
+import numpy as np
 import torch
 
 from ..progress import progress
@@ -27,28 +29,35 @@ from .gradient_methods import (
     METHODS,
     adjoint_error_sweep,
     cuda_peak_mib,
+    floor_step,
     gradients,
+    interleaved_times,
+    paired_ratio,
     relative_error,
     saved_bytes,
-    step_time,
 )
 from .plots import depth_axis
 
-__all__ = ["adjoint_benchmark", "format_table", "main", "METHODS", "gradients",
+__all__ = ["adjoint_benchmark", "format_table", "main", "METHODS", "gradients", "floor_step",
+           "interleaved_times", "paired_ratio",
            "relative_error", "saved_bytes", "cuda_peak_mib", "adjoint_error_sweep",
            "ResidualClassifier", "train_classifier", "depth_axis"]
 
 
 def adjoint_benchmark(depths=(16, 64, 256, 1024), dim: int = 256, batch: int = 256,
-                      device: str = "cpu", repeats: int = 5, error_batch: int = 32,
+                      device: str = "cpu", repeats: int = 9, error_batch: int = 32,
                       methods=METHODS, timed=True, errors=True, seed: int = 0,
-                      show_progress: bool = True) -> list[dict]:
+                      scheme: str = "euler", show_progress: bool = True) -> list[dict]:
     """Time, memory and gradient error of each method at each depth.
+
+    Times are measured with the methods interleaved (rotated order, one round each
+    per repeat) together with the adjoint's floor (:func:`floor_step`), and compared
+    as paired ratios per round (:func:`paired_ratio`), so that load drift cancels.
 
     Parameters
     ----------
     depths : sequence of int
-        Numbers of layers ``N``.
+        Numbers of residual functions.
     dim : int
         State size of the tanh layers.
     batch : int
@@ -56,46 +65,55 @@ def adjoint_benchmark(depths=(16, 64, 256, 1024), dim: int = 256, batch: int = 2
     device : str
         ``"cpu"`` or ``"cuda"``.
     repeats : int
-        Timed repetitions (the minimum is reported) after one warm-up.
+        Timed rounds after one warm-up round.
     error_batch : int
         Batch of the float64 gradient comparison.
     methods : sequence of str
-        Gradient methods (:data:`METHODS`).
+        Gradient methods (:data:`METHODS`); ``"backprop"`` must be among them when
+        timing.
     timed : bool or sequence of int
         Time every depth (True), none (False) or only the given depths.
     errors : bool or sequence of int
         Compare gradients at every depth (True), none (False) or only the given depths.
     seed : int
         Seeds the weights and inputs.
+    scheme : {"euler", "heun"}
     show_progress : bool
         Show a progress bar.
 
     Returns
     -------
     list of dict
-        One row per (depth, method): ``N``, ``method``, ``ms`` (or None),
-        ``mib`` (bytes kept for backward, MiB) and ``grad_error`` (relative
-        error against backprop, 0 for backprop itself; or None).
+        One row per (depth, method), and per timed depth one for ``"floor"``:
+        ``N``, ``method``, ``ms`` (median, or None), ``x_backprop`` and ``x_floor``
+        (median, 25th and 75th percentile of the paired time ratios, or None),
+        ``mib`` (bytes kept for backward, MiB; None for the floor) and
+        ``grad_error`` (relative error against backprop, 0 for backprop itself; or
+        None).
     """
     rows = []
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, dim, generator=gen).to(device)
     x64 = torch.randn(error_batch, dim, generator=gen, dtype=torch.float64).to(device)
     for N in progress(list(depths), "depths", enabled=show_progress):
-        stack = tanh_stack(N, "smooth", seed=seed, dim=dim, dtype=torch.float32).to(device)
+        stack = tanh_stack(N, "smooth", seed=seed, dim=dim, dtype=torch.float32,
+                           scheme=scheme).to(device)
         do_time = timed is True or (timed and N in timed)
         do_err = errors is True or (errors and N in errors)
         if do_err:
-            stack64 = tanh_stack(N, "smooth", seed=seed, dim=dim).to(device)
+            stack64 = tanh_stack(N, "smooth", seed=seed, dim=dim, scheme=scheme).to(device)
             ref = gradients(stack64, x64, "backprop")
-        for m in methods:
-            xr = x.clone().requires_grad_(True)
+        xr = x.clone().requires_grad_(True)
+        times = interleaved_times(stack, xr, [*methods, "floor"], repeats) if do_time else None
+        for m in [*methods, "floor"] if do_time else methods:
             rows.append({
                 "N": N, "method": m,
-                "ms": 1e3 * step_time(stack, xr, m, repeats) if do_time else None,
-                "mib": saved_bytes(stack, xr, m) / 2 ** 20,
+                "ms": 1e3 * float(np.median(times[m])) if do_time else None,
+                "x_backprop": paired_ratio(times, m, "backprop") if do_time else None,
+                "x_floor": paired_ratio(times, m, "floor") if do_time else None,
+                "mib": None if m == "floor" else saved_bytes(stack, xr, m) / 2 ** 20,
                 "grad_error": (relative_error(ref, gradients(stack64, x64, m))
-                               if do_err else None),
+                               if do_err and m != "floor" else None),
             })
     return rows
 
@@ -108,12 +126,19 @@ def format_table(rows: list[dict]) -> str:
     rows : list of dict
         As returned by :func:`adjoint_benchmark`.
     """
-    head = f"{'N':>6} {'method':>15} {'ms/step':>9} {'MiB kept':>9} {'grad err':>9}"
+    def ratio(r):
+        return "-" if r is None else f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
+
+    head = (f"{'N':>6} {'method':>15} {'ms/step':>9} {'x backprop [IQR]':>20} "
+            f"{'x floor':>7} {'MiB kept':>9} {'grad err':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ms = f"{r['ms']:9.1f}" if r["ms"] is not None else f"{'-':>9}"
+        floor = f"{r['x_floor'][0]:7.2f}" if r["x_floor"] is not None else f"{'-':>7}"
+        mib = f"{r['mib']:9.3f}" if r["mib"] is not None else f"{'-':>9}"
         err = f"{r['grad_error']:9.1e}" if r["grad_error"] is not None else f"{'-':>9}"
-        lines.append(f"{r['N']:>6} {r['method']:>15} {ms} {r['mib']:9.3f} {err}")
+        lines.append(f"{r['N']:>6} {r['method']:>15} {ms} {ratio(r['x_backprop']):>20} "
+                     f"{floor} {mib} {err}")
     return "\n".join(lines)
 
 
@@ -131,22 +156,35 @@ def main(argv=None) -> None:
     parser.add_argument("--depths", type=positive_int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--dim", type=positive_int, default=256)
     parser.add_argument("--batch", type=positive_int, default=256)
-    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=9,
+                        help="timed rounds, methods interleaved (default 9)")
+    parser.add_argument("--scheme", choices=["euler", "heun"], default="euler")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (default: torch's); on a shared machine set "
+                             "OMP_WAIT_POLICY=PASSIVE as well")
     parser.add_argument("--device", type=torch_device,
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device {args.device}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, tanh layers dim {args.dim}, batch {args.batch}")
+          f"{torch.get_num_threads()} (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}),"
+          f" load {load:.2f}; {args.scheme} tanh layers dim {args.dim}, batch {args.batch}, "
+          f"{args.repeats} interleaved rounds")
     rows = adjoint_benchmark(args.depths, args.dim, args.batch, args.device, args.repeats,
-                             seed=args.seed)
+                             seed=args.seed, scheme=args.scheme)
     print(format_table(rows))
     by = {(r["N"], r["method"]): r for r in rows}
     for N in args.depths:
         bp, adj, ode = by[N, "backprop"], by[N, "adjoint"], by[N, "odeint_adjoint"]
-        print(f"N={N}: adjoint/backprop time {adj['ms'] / bp['ms']:.2f}x, "
-              f"memory {adj['mib'] / bp['mib']:.4f}x; grad error adjoint/odeint_adjoint "
+        print(f"N={N}: adjoint {adj['x_backprop'][0]:.2f}x backprop, "
+              f"{adj['x_floor'][0]:.2f}x its floor; memory {adj['mib'] / bp['mib']:.4f}x "
+              f"backprop's; grad error adjoint/odeint_adjoint "
               f"{adj['grad_error'] / ode['grad_error']:.3f}")
+    if hasattr(os, "getloadavg"):
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ from ..memory import CudaPeak, SavedTensorsCounter
 from ..residual_functions import tanh_stack
 from ..stack import ResidualStack
 
-__all__ = ["METHODS", "forward_with", "gradients", "saved_bytes", "step_time",
-           "cuda_peak_mib", "relative_error", "adjoint_error_sweep"]
+__all__ = ["METHODS", "forward_with", "gradients", "saved_bytes", "floor_step",
+           "interleaved_times", "paired_ratio", "cuda_peak_mib", "relative_error",
+           "adjoint_error_sweep"]
 
 METHODS = ("backprop", "checkpoint", "odeint_adjoint", "adjoint")
 
@@ -173,31 +174,91 @@ def cuda_peak_mib(stack: ResidualStack, x: torch.Tensor, method: str) -> float:
     return peak.mib
 
 
-def step_time(stack: ResidualStack, x: torch.Tensor, method: str, repeats: int = 5) -> float:
-    """Wall time (s) of one forward + backward pass with ``method``: the minimum over
-    ``repeats`` runs after a warm-up (the least disturbed by other load).
+def floor_step(stack: ResidualStack, x: torch.Tensor) -> None:
+    """What the discrete adjoint must at least do: two forward passes without a graph
+    (the forward, and the reconstruction's evaluations) and one backprop step (the
+    re-evaluations with their vector-Jacobian products).  Its time is the adjoint's
+    floor on these layers.
 
     Parameters
     ----------
     stack : ResidualStack
     x : torch.Tensor, shape (B, ...)
-        Input of the stack.
-    method : str
-        One of :data:`METHODS`.
-    repeats : int
-        Timed runs.
     """
-    times = []
-    for _ in range(repeats + 1):  # the first one warms up
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(2):
+            y = x
+            for n in range(stack.num_steps):
+                y = stack.step(n, y)
+    _loss(forward_with(stack, x, "backprop")).backward()
+
+
+def _one_step(stack, x, method):
+    if method == "floor":
+        floor_step(stack, x)
+    else:
         _loss(forward_with(stack, x, method)).backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+
+
+def interleaved_times(stack: ResidualStack, x: torch.Tensor, methods, repeats: int = 9
+                      ) -> dict:
+    """Wall times of one forward + backward step per method, the methods interleaved.
+
+    Round ``r`` runs every method once, in an order rotated by ``r``, so that load
+    drift hits all methods alike; compare them with :func:`paired_ratio`.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x : torch.Tensor, shape (B, ...)
+    methods : sequence of str
+        Names from :data:`METHODS`, and ``"floor"`` (:func:`floor_step`).
+    repeats : int
+        Rounds, after one warm-up round.
+
+    Returns
+    -------
+    dict
+        ``{method: numpy.ndarray (repeats,)}`` in seconds, round by round.
+    """
+    methods = list(methods)
+    times = {m: [] for m in methods}
+    for r in range(repeats + 1):   # round 0 warms up
+        k = r % len(methods)
+        for m in methods[k:] + methods[:k]:
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _one_step(stack, x, m)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            if r:
+                times[m].append(time.perf_counter() - t0)
     stack.zero_grad(set_to_none=True)
-    return min(times[1:])
+    return {m: np.array(t) for m, t in times.items()}
+
+
+def paired_ratio(times: dict, method: str, reference: str) -> tuple[float, float, float]:
+    """Median and quartiles of ``time(method) / time(reference)`` over the rounds of
+    :func:`interleaved_times` (each ratio from one round: same load).
+
+    Parameters
+    ----------
+    times : dict
+        As returned by :func:`interleaved_times`.
+    method : str
+        The method timed.
+    reference : str
+        The method it is compared with.
+
+    Returns
+    -------
+    tuple of float
+        ``(median, 25th percentile, 75th percentile)``.
+    """
+    ratio = times[method] / times[reference]
+    q25, med, q75 = np.percentile(ratio, [25, 50, 75])
+    return float(med), float(q25), float(q75)
 
 
 def adjoint_error_sweep(depths, kinds=("smooth", "iid"), seeds=(0, 1), dim: int = 16,

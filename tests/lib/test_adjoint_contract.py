@@ -23,11 +23,13 @@ class NoisyCoupling(nn.Module):
         super().__init__()
         self.d = d
         self.lin1, self.drop, self.lin2 = nn.Linear(d, width), nn.Dropout(p), nn.Linear(width, d)
+        self.noise = True
 
     def forward(self, x):
         a = x[:, :self.d]
         hidden = self.drop(torch.tanh(self.lin1(a)))
-        hidden = hidden + 0.3 * torch.randn_like(hidden)
+        if self.noise:
+            hidden = hidden + 0.3 * torch.randn_like(hidden)
         return torch.cat([torch.zeros_like(a), self.lin2(hidden)], dim=1)
 
 
@@ -80,7 +82,7 @@ def test_without_replay_the_masks_differ_which_is_what_the_option_is_for(scheme)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_the_replay_costs_a_state_per_random_evaluation_and_one_for_a_deterministic_stack(
+def test_the_replay_costs_a_state_per_random_evaluation_and_none_for_a_deterministic_stack(
         scheme):
     import resode_tut.adjoint as adjoint
     from resode_tut import SavedTensorsCounter
@@ -92,13 +94,36 @@ def test_the_replay_costs_a_state_per_random_evaluation_and_one_for_a_determinis
     evaluations = M if scheme == "euler" else 2 * (M - 1)
     for functions, replay, expected in (
             ([NoisyCoupling().double() for _ in range(M)], True, evaluations * state),
-            ([nn.Linear(6, 6).double() for _ in range(M)], True, state),
+            ([nn.Linear(6, 6).double() for _ in range(M)], True, 0),
             ([NoisyCoupling().double() for _ in range(M)], False, 0)):
         stack = ResidualStack(functions, scheme=scheme, adjoint=True,
                               preserve_rng_state=replay)
         with SavedTensorsCounter(stack) as saved:
             stack(x)
         assert saved.bytes == two_states + expected
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_replay_follows_the_stack_from_random_to_deterministic_and_back(scheme):
+    """The first forward of a random stack finds out after the fact and records by
+    running again; later ones record directly; eval mode (no dropout) records
+    nothing; every call's gradients and generator states equal backprop's."""
+    torch.manual_seed(0)
+    fs = [NoisyCoupling().double() for _ in range(5)]
+    x = torch.randn(4, 6, dtype=torch.float64)
+    plain = ResidualStack(fs, scheme=scheme)
+    adjoint = ResidualStack(fs, scheme=scheme, adjoint=True)
+    for call, mode in enumerate(["train", "train", "eval", "train"]):
+        for f in fs:
+            f.train(mode == "train")
+            f.noise = mode == "train"
+        out_p, g_p, rng_p = run(plain, x, seed=call)
+        out_a, g_a, rng_a = run(adjoint, x, seed=call)
+        assert torch.equal(out_a, out_p)
+        for a, b in zip(g_a, g_p):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert all(map(torch.equal, rng_a, rng_p))
+        assert adjoint._rng_seen == (mode == "train")
 
 
 # -- 2. captured tensors ----------------------------------------------------------------
