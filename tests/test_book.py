@@ -66,3 +66,18 @@ def test_every_citation_is_in_the_bibliography():
         for group in re.findall(r"\{cite:[pt]\}`([^`]+)`", md.read_text()):
             cited.update(k.strip() for k in group.split(","))
     assert cited <= keys, f"cited but not in references.bib: {cited - keys}"
+
+
+def test_every_figure_is_drawn_for_the_column():
+    """Figures at most MAX_WIDTH_IN wide, no font below MIN_FONT_PT, the style set in every
+    chapter: with the browser test's measurement, the smallest text is >= 9 px on the page."""
+    from resode_tut.experiments.plots import MAX_WIDTH_IN, MIN_FONT_PT
+    sources = sorted(ROOT.glob("book/0*.md")) + sorted(ROOT.glob("resode_tut/experiments/*.py"))
+    for path in sources:
+        text = path.read_text()
+        for width in re.findall(r"figsize=\(([\d.]+)", text):
+            assert float(width) <= MAX_WIDTH_IN, f"{path.name}: a figure {width} in wide"
+        for size in re.findall(r"fontsize=(\d+)", text):
+            assert int(size) >= MIN_FONT_PT, f"{path.name}: fontsize={size}"
+    for path in sorted(ROOT.glob("book/0*.md")):
+        assert "ex.use_style()" in path.read_text(), f"{path.name} does not set the style"

@@ -36,9 +36,10 @@ from ..limit import max_state_distance
 from ..residual_functions import tanh_mean_weights
 from ..solvers import Solver
 from .discretisation import DistanceSweep, distance_sweep
-from .plots import depth_axis
+from .plots import depth_axis, use_style
 
-__all__ = ["tanh_mean_fields", "iid_plateau", "DistanceSweep", "distance_sweep", "depth_axis"]
+__all__ = ["use_style",
+           "tanh_mean_fields", "iid_plateau", "DistanceSweep", "distance_sweep", "depth_axis"]
 
 
 def _gauss_tanh(mean: torch.Tensor, var: torch.Tensor, nodes: int) -> torch.Tensor:

@@ -24,9 +24,9 @@ from torch import nn
 from ..limit import ode_distance
 from ..progress import progress as progress_bar
 from ..stack import ResidualStack
-from .plots import depth_axis
+from .plots import depth_axis, use_style
 
-__all__ = ["LinearResidual", "LinearResNet", "GDHistory", "train_gd", "smoothness",
+__all__ = ["use_style", "LinearResidual", "LinearResNet", "GDHistory", "train_gd", "smoothness",
            "paper_target", "LinearSweep", "linear_sweep", "depth_axis"]
 
 

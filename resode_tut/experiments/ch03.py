@@ -36,9 +36,10 @@ from .gradient_methods import (
     relative_error,
     saved_bytes,
 )
-from .plots import depth_axis
+from .plots import depth_axis, use_style
 
-__all__ = ["adjoint_benchmark", "format_table", "main", "METHODS", "gradients", "floor_step",
+__all__ = ["use_style",
+           "adjoint_benchmark", "format_table", "main", "METHODS", "gradients", "floor_step",
            "interleaved_times", "paired_ratio",
            "relative_error", "saved_bytes", "cuda_peak_mib", "adjoint_error_sweep",
            "ResidualClassifier", "train_classifier", "depth_axis"]

@@ -30,9 +30,9 @@ from ..stack import SCHEMES
 from .classifier import ResidualClassifier, train_classifier
 from .discretisation import distance_sweep
 from .gradient_methods import adjoint_error_sweep, gradients, relative_error
-from .plots import depth_axis
+from .plots import depth_axis, use_style
 
-__all__ = ["DepthTrainingSweep", "depth_training_sweep", "distance_sweep", "gradients",
+__all__ = ["use_style", "DepthTrainingSweep", "depth_training_sweep", "distance_sweep", "gradients",
            "relative_error", "adjoint_error_sweep", "depth_axis"]
 
 

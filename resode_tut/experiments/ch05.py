@@ -20,8 +20,10 @@ from torchdiffeq import odeint
 from ..node import ImageField, NeuralODE, Solver, SphereField
 from ..node_training import train_node
 from ..parallel import parallel_map
+from .plots import use_style
 
-__all__ = ["make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
+__all__ = ["use_style",
+           "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
            "train_runs", "crossing_pairs", "windermere_fan"]
 
 TASKS = ("spheres2d", "spheres3d", "spheres10d", "digits")

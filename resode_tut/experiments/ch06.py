@@ -61,8 +61,10 @@ from .finetune_result import (
     Memory,
     Pretraining,
 )
+from .plots import use_style
 
-__all__ = ["FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
+__all__ = ["use_style",
+           "FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
            "code_version", "default_results_dir", "validate", "FinetuneResult",
            "MalformedResult", "stale_results", "plot_accuracy", "plot_memory",
            "plot_gradients", "plot", "summary", "main"]
@@ -438,28 +440,30 @@ _COLOURS = {"backprop": "tab:blue", "adjoint": "tab:orange"}
 
 
 def plot_accuracy(result: FinetuneResult, ax) -> None:
-    """Test accuracy per epoch: the tied pre-training, then both fine-tunings.
+    """Test accuracy per fine-tuning epoch for both methods, with the tied network's
+    accuracy after pre-training (at its own depth) as a dotted line.
 
     Parameters
     ----------
     result : FinetuneResult
     ax : matplotlib.axes.Axes
     """
-    pre = result.pretrain.test_accuracy
-    e0 = len(pre)
-    ax.plot(range(1, e0 + 1), [100 * a for a in pre], color="0.5",
-            label=f"tied, N = {result.pretrain.depth}")
+    import matplotlib.ticker as mticker
+
+    pre = result.pretrain
+    ax.axhline(100 * pre.test_accuracy[-1], color="0.5", ls=":",
+               label=f"tied, N = {pre.depth}, after pre-training")
     for m in METHODS:
         acc = result.finetune[m].test_accuracy
-        ax.plot(range(e0, e0 + len(acc)), [100 * a for a in acc], color=_COLOURS[m],
+        ax.plot(range(len(acc)), [100 * a for a in acc], color=_COLOURS[m],
                 ls="-" if m == "backprop" else "--", marker="o" if m == "backprop" else "x",
-                label=f"untied N = {result.depth}, {m}")
-    ax.axvline(e0, color="0.8", lw=0.8)
+                label=f"untied, N = {result.depth}, {m}")
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
     copy_name = SHORT_NAMES.get(result.data_source, result.data_source)
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)",
+    ax.set(xlabel="fine-tuning epoch (0: the untied start)", ylabel="test accuracy (%)",
            title=f"CIFAR-10 {copy_name}: {result.train_images} train, "
                  f"{result.test_images} test images")
-    ax.legend(fontsize=8)
+    ax.legend()
 
 
 def plot_memory(result: FinetuneResult, ax) -> None:
@@ -478,7 +482,7 @@ def plot_memory(result: FinetuneResult, ax) -> None:
     ax.set_yscale("log")
     ax.set(xlabel="depth N of the stage", ylabel="MiB kept for backward",
            title=f"stage activation memory (batch {mem.batch})")
-    ax.legend(fontsize=8)
+    ax.legend()
 
 
 def plot_gradients(result: FinetuneResult, ax) -> None:
@@ -500,7 +504,7 @@ def plot_gradients(result: FinetuneResult, ax) -> None:
     ax.set_yscale("log")
     ax.set(xlabel="depth N of the stage", ylabel="relative squared error (median)",
            title="adjoint vs backprop gradients")
-    ax.legend(fontsize=8)
+    ax.legend()
 
 
 def plot(result: FinetuneResult):
@@ -512,11 +516,11 @@ def plot(result: FinetuneResult):
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), layout="constrained")
     plot_accuracy(result, axes[0])
     plot_memory(result, axes[1])
     plot_gradients(result, axes[2])
-    fig.suptitle(f"{result.config.name} on {result.device} - {result.data_source}", fontsize=9)
+    fig.suptitle(f"{result.config.name} on {result.device} - {result.data_source}")
     return fig
 
 
