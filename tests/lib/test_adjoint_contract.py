@@ -333,3 +333,32 @@ def test_vmap_over_a_plain_stack_equals_a_loop(scheme):
     outs = torch.func.vmap(lambda p, x: torch.func.functional_call(stack, p, (x,)),
                            in_dims=(0, None))(params, xs[0])
     assert outs.shape == (3, 2, 3)
+
+
+# -- autocast -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_the_backward_re_enters_the_forwards_autocast(scheme, monkeypatch):
+    """bf16 autocast on the CPU: the adjoint's gradients are autocast backprop's up to the
+    bf16 rounding of the reconstruction; recomputing in float32 (backward outside
+    autocast, as before) gives float32 gradients, about twice as far."""
+    import contextlib
+
+    import resode_tut.adjoint as adjoint
+    torch.manual_seed(0)
+    fs = [nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 32)) for _ in range(64)]
+    x = torch.randn(64, 32)
+
+    def flat_grads(adj):
+        stack = ResidualStack(fs, scheme=scheme, adjoint=adj)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = stack(x)
+        g = torch.autograd.grad(out.float().square().sum(), list(stack.parameters()))
+        return torch.cat([t.flatten() for t in g])
+
+    reference = flat_grads(False)
+    err = lambda g: ((g - reference).norm() / reference.norm()).item()
+    re_entered = err(flat_grads(True))
+    monkeypatch.setattr(adjoint, "_autocast", lambda states: contextlib.nullcontext())
+    float32 = err(flat_grads(True))
+    assert re_entered < 2.5e-3 and float32 > 1.5 * re_entered, (re_entered, float32)
