@@ -12,9 +12,17 @@ with ``L_n = ||W_n||`` (the Lipschitz constant of ``f(., theta_n)``),
 knots), ``sqrt(d)`` a bound on ``|f|`` and ``sqrt(R^2 + 1)`` the Lipschitz
 constant in ``theta`` at states of norm ``<= R``.  Bounding
 ``1 + h L_n <= e^{h L}`` and taking maxima over layers gives the closed form
-of Sander et al. (2022),
 ``(e^L / 2) [L M / N + L_theta sum_n ||theta_{n+1} - theta_n|| / N]``,
 which is looser.  :func:`euler_distance_bound` returns either form.
+
+Both are this package's derivation (a standard Gronwall argument), not formulas
+quoted from Sander et al. (2022), who state that the distance is bounded, that
+their bound is tight, and that it does not vanish with ``N`` unless the weights
+are smooth.  These forms share the dichotomy (through the total-variation
+term) but not the tightness: each step takes a worst case (expansion by
+``||W_n||`` in every direction, ``|f|`` at its saturation value, ``L_theta`` at
+the largest state), and on chapter 1's networks they are one to two orders of
+magnitude above the measured distance.
 """
 from __future__ import annotations
 
