@@ -80,6 +80,17 @@ class DepthTrainingSweep:
         """
         return self.test_error(scheme, "adjoint") - self.test_error(scheme, "backprop")
 
+    def seed_gaps(self, scheme: str) -> np.ndarray:
+        """Adjoint's test error minus backprop's (points) for each depth and seed,
+        shape (K, S): the pair shares its initial weights and batch order.
+
+        Parameters
+        ----------
+        scheme : {"euler", "heun"}
+        """
+        acc = self.accuracy[scheme]
+        return 100.0 * (acc["backprop"] - acc["adjoint"])
+
     def matching_depth(self, scheme: str, tol: float = 1.0) -> int | None:
         """Smallest depth from which the adjoint's test error stays within ``tol``
         points of backprop's at every larger depth of the sweep (None if never).
