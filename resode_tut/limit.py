@@ -22,8 +22,8 @@ from torchdiffeq import odeint
 from .solvers import Solver
 from .stack import ResidualStack
 
-__all__ = ["InterpolatedField", "LIMIT_SOLVER", "solve_limit_ode", "ode_distance",
-           "knot_position", "max_state_distance"]
+__all__ = ["InterpolatedField", "LIMIT_SOLVER", "WEIGHT_PATHS", "solve_limit_ode",
+           "ode_distance", "knot_position", "max_state_distance"]
 
 #: The default solver of the limit ODE: dopri5, forced to step on every knot.
 LIMIT_SOLVER = Solver("dopri5", tol=1e-7, atol=1e-9)
@@ -114,8 +114,11 @@ class InterpolatedField(nn.Module):
         return functional_call(self._base, self.theta_at(t), (x,))
 
 
+WEIGHT_PATHS = ("linear", "piecewise")
+
+
 def solve_limit_ode(stack: ResidualStack, x0: torch.Tensor, t: torch.Tensor | None = None,
-                    solver: Solver = LIMIT_SOLVER) -> torch.Tensor:
+                    solver: Solver = LIMIT_SOLVER, weights: str = "linear") -> torch.Tensor:
     """Solve the stack's limit ODE and return it at the stack's times.
 
     Parameters
@@ -131,6 +134,13 @@ def solve_limit_ode(stack: ResidualStack, x0: torch.Tensor, t: torch.Tensor | No
         adaptive solver is forced to step on every knot ``t_n``, where ``theta(t)`` has a
         kink; a fixed-step one takes its own ``step_size``.  Use float64 inputs for
         tolerances below about 1e-6.
+    weights : {"linear", "piecewise"}
+        The weight path ``theta(t)``: ``"linear"`` between the knots (the limit
+        ODE of Sander et al., 2022), or ``"piecewise"`` constant, ``theta(t) =
+        theta_n`` on ``[t_n, t_{n+1})``, solved one step interval at a time.  With
+        piecewise-constant weights every Euler stack is exactly Euler's scheme for
+        its own ODE, so its distance to it vanishes like ``h`` whatever the
+        weights (chapter 1).  Needs the default ``t``.
 
     Returns
     -------
@@ -138,6 +148,8 @@ def solve_limit_ode(stack: ResidualStack, x0: torch.Tensor, t: torch.Tensor | No
         ``out[k] = x(t[k])``; by default ``T = stack.num_steps + 1`` and
         ``out[n] = x(t_n)`` at the stack's times.
     """
+    if weights not in WEIGHT_PATHS:
+        raise ValueError(f"unknown weight path {weights!r}: choose one of {WEIGHT_PATHS}")
     if not isinstance(stack, ResidualStack):
         raise TypeError(f"stack must be a resode_tut.ResidualStack, got {type(stack).__name__}")
     if not isinstance(solver, Solver):
@@ -153,10 +165,26 @@ def solve_limit_ode(stack: ResidualStack, x0: torch.Tensor, t: torch.Tensor | No
             or (t.diff() <= 0).any() or t[-1] > 1):
         raise ValueError("t must be increasing, finite times in [0, 1] starting at 0")
     t = t.to(device=x0.device, dtype=x0.dtype)
+    if weights == "piecewise":
+        if len(t) != stack.num_steps + 1 or not torch.allclose(t, stack.times.to(t)):
+            raise ValueError("weights='piecewise' solves step by step: leave t at its "
+                             "default, the stack's times")
+        return _solve_piecewise(field, x0, t, solver)
     options = {"step_t": field.knots.to(device=x0.device, dtype=x0.dtype)} \
         if solver.adaptive else {}
     with torch.no_grad():
         return odeint(field, x0, t, **solver.odeint_kwargs(**options))
+
+
+def _solve_piecewise(field: InterpolatedField, x0, t, solver):
+    """``dx/dt = f(x, theta_n)`` on each ``[t_n, t_{n+1}]`` in turn."""
+    states = [x0]
+    with torch.no_grad():
+        for n in range(len(t) - 1):
+            theta_n = {k: v[n] for k, v in field.theta.items()}
+            f_n = lambda s, x, theta=theta_n: functional_call(field._base, theta, (x,))
+            states.append(odeint(f_n, states[-1], t[n:n + 2], **solver.odeint_kwargs())[-1])
+    return torch.stack(states)
 
 
 def ode_distance(stack: ResidualStack, x0: torch.Tensor, **solver_kwargs) -> torch.Tensor:
@@ -167,7 +195,7 @@ def ode_distance(stack: ResidualStack, x0: torch.Tensor, **solver_kwargs) -> tor
     stack : ResidualStack
     x0 : torch.Tensor, shape (B, ...)
     **solver_kwargs
-        ``t`` or ``solver``, passed to :func:`solve_limit_ode`.
+        ``t``, ``solver`` or ``weights``, passed to :func:`solve_limit_ode`.
 
     Returns
     -------
