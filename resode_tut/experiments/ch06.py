@@ -184,6 +184,11 @@ def _split(root, train: bool, n: int, seed: int, download: bool):
     return data if n in (0, len(data)) else data.subset(n, seed)
 
 
+def _stage_vector(model: CifarResNet) -> torch.Tensor:
+    """All of the stage's parameters as one float64 vector on the CPU."""
+    return torch.cat([p.detach().double().cpu().flatten() for p in model.stage.parameters()])
+
+
 def _depth_copy(model: CifarResNet, depth: int, device, train_data=None) -> CifarResNet:
     """``untie(model, depth)`` on ``device``; with ``train_data``, each layer's BatchNorm
     statistics re-estimated for its own step (see :func:`recalibrate_batchnorm`).
@@ -236,17 +241,26 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     shared_stats = accuracy(tied, test_data, device=device)
     at_depth = {d: tied_accuracy(tied, d) for d in config.eval_depths}
 
-    # 2. untie, fine-tune from the same start with the same seed, once per method
+    # 2. untie, fine-tune from the same start with the same seed, once per method, and
+    #    once with the stage frozen (what a stage that learns nothing would give)
     start = _depth_copy(tied, config.depth, device, train_data)
     start_acc = accuracy(start, test_data, device=device)
     curves, finetuned = {}, {}
-    for method in METHODS:
-        finetuned[method] = copy.deepcopy(start)
-        hist = train(finetuned[method], train_data, test_data, config.epochs, config.lr,
-                     method=method, milestones=config.milestones, seed=config.seed + 1,
+    for method in (*METHODS, "frozen"):
+        model = copy.deepcopy(start)
+        for p in model.stage.parameters():
+            p.requires_grad_(method != "frozen")
+        hist = train(model, train_data, test_data, config.epochs, config.lr,
+                     method="backprop" if method == "frozen" else method,
+                     milestones=config.milestones, seed=config.seed + 1,
                      desc=f"fine-tune N={config.depth} ({method})", **fit)
+        travel = float((_stage_vector(model) - _stage_vector(start)).norm())
         curves[method] = FineTuning([start_acc] + hist.test_accuracy, hist.train_loss,
-                                    hist.seconds)
+                                    hist.seconds, travel)
+        if method in METHODS:
+            finetuned[method] = model
+    stage_gap = float((_stage_vector(finetuned["adjoint"])
+                       - _stage_vector(finetuned["backprop"])).norm())
 
     # 3. memory kept by the stage, against depth
     gen = torch.Generator().manual_seed(config.seed)
@@ -280,7 +294,8 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         train_images=len(train_data), test_images=len(test_data),
         pretrain=Pretraining(config.pretrain_depth, pre.test_accuracy, pre.train_loss,
                              pre.seconds, at_depth, shared_stats),
-        depth=config.depth, finetune=curves, memory=mem, gradients=grads,
+        depth=config.depth, finetune=curves, stage_gap=stage_gap, memory=mem,
+        gradients=grads,
         seconds=time.perf_counter() - t_start, load_average=[load_start, _load_average()])
 
 

@@ -76,11 +76,15 @@ class FineTuning:
         The untied start, then one value per epoch (length ``epochs + 1``).
     train_loss, seconds : list of float
         Per epoch (length ``epochs``).
+    stage_travel : float
+        How far the stage's weights moved from the untied start (Euclidean norm
+        over all of the stage's parameters).
     """
 
     test_accuracy: list
     train_loss: list
     seconds: list
+    stage_travel: float
 
 
 @dataclass
@@ -142,7 +146,12 @@ class FinetuneResult:
     depth : int
         Depth ``N`` of the untied, fine-tuned stage.
     finetune : dict of str to FineTuning
-        One run per gradient method, from the same start and seeds.
+        One run per gradient method, from the same start and seeds, and
+        ``"frozen"``: the same run with the stage's weights frozen (the baseline
+        that a stage learning nothing would match).
+    stage_gap : float
+        Distance between the stage weights fine-tuned by the adjoint and by
+        backprop (compare with their ``stage_travel``).
     memory : Memory
     gradients : Gradients
     seconds : float
@@ -167,6 +176,7 @@ class FinetuneResult:
     pretrain: Pretraining
     depth: int
     finetune: dict
+    stage_gap: float
     memory: Memory
     gradients: Gradients
     seconds: float
@@ -227,6 +237,9 @@ class FinetuneResult:
         (a load average may be NaN).
         """
         c = self.config
+        frozen = self.finetune.get("frozen")
+        if frozen is None or len(frozen.test_accuracy) != c.epochs + 1:
+            return "no complete frozen-stage run"
         for m in methods:
             if m not in self.finetune:
                 return f"no {m} fine-tuning"

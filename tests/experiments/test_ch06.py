@@ -56,7 +56,9 @@ def _fake_result(config, device="cpu", data_id=None):
         pretrain=Pretraining(config.pretrain_depth, [0.5], [1.0], [1.0], {2: 0.45}, 0.4),
         depth=config.depth,
         finetune={m: FineTuning([0.5] * (config.epochs + 1), [1.0] * config.epochs,
-                                [1.0] * config.epochs) for m in methods},
+                                [1.0] * config.epochs, 0.0 if m == "frozen" else 1.0)
+                  for m in (*methods, "frozen")},
+        stage_gap=0.01,
         memory=Memory(list(config.memory_depths), 1,
                       {m: [1] * len(config.memory_depths) for m in methods},
                       {m: [] for m in methods}),
@@ -226,6 +228,9 @@ def test_validate_names_what_is_incomplete_or_not_finite():
     nan.gradients.pretrained[0].median = float("nan")
     assert "1 non-finite" in finetune.validate(nan, TINY)
     assert "another configuration" in finetune.validate(good, finetune.CONFIGS["quick"])
+    no_frozen = copy.deepcopy(good)
+    del no_frozen.finetune["frozen"]
+    assert finetune.validate(no_frozen, TINY) == "no complete frozen-stage run"
 
 
 def test_damaged_or_incomplete_cache_files_are_recomputed_with_a_warning(tmp_path, monkeypatch):
