@@ -5,9 +5,15 @@ r"""Four ways to differentiate a residual stack (Euler or Heun), side by side
 * ``"checkpoint"`` -- ``torch.utils.checkpoint`` per block: keeps each block's
   input, recomputes the block in backward.
 * ``"odeint_adjoint"`` -- torchdiffeq's continuous adjoint on the equivalent
-  ODE ``dx/dt = f(x, theta(t))`` (weights interpolated linearly between the
-  layers; torchdiffeq's ``euler`` or ``heun2`` with the stack's step, so the
-  forward values are the stack's).
+  ODE ``dx/dt = f(x, theta(t))``, set up as a careful user would, so that its
+  forward values are the stack's and every backward step samples the weights of
+  its own layer.  Euler: ``theta`` constant on each step and torchdiffeq's ``euler`` with the
+  stack's step (a step is sampled at its start going forward and at its end
+  going backward: the field gives both ``theta_n``; with linearly interpolated
+  weights the backward step would sample ``theta_{n+1}``, leaving layer 0
+  without a gradient and doubling the last's).
+  Heun: weights linear between the layers and ``heun2``, whose two samples per
+  step fall on the layer times in both directions.
 * ``"adjoint"`` -- the memory-free discrete adjoint of :mod:`resode_tut.adjoint`.
 """
 from __future__ import annotations
@@ -54,6 +60,29 @@ class _StackField(nn.Module):
         return functional_call(f, theta, (x,))
 
 
+class _PiecewiseField(nn.Module):
+    """``(t, x) -> f_n(x)``, the weights constant on each step ``[t_n, t_{n+1}]``.
+
+    torchdiffeq's Euler samples a step at its start going forward and, in the
+    adjoint's backward solve, at its end; so at a layer time the field returns
+    layer ``n`` in the forward solve (run without grad) and layer ``n - 1`` in
+    the backward solve (run with grad): every step sees its own layer's weights.
+    """
+
+    def __init__(self, stack: ResidualStack):
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, t, x):
+        s = float(t.detach()) / self.stack.h
+        n = round(s)
+        if abs(s - n) > 1e-6:          # not on a layer time (not used by Euler)
+            n = int(s)
+        elif torch.is_grad_enabled():  # the backward step ending at t_n: layer n - 1
+            n -= 1
+        return self.stack.functions[min(max(n, 0), self.stack.depth - 1)](x)
+
+
 def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Tensor:
     """The stack's output ``x_N``, computed so that backward uses ``method``.
 
@@ -81,10 +110,10 @@ def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Te
             x = checkpoint(stack.step, n, x, use_reentrant=True)
         return x
     if method == "odeint_adjoint":
-        field = _StackField(stack)
-        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
         params = tuple(p for p in stack.parameters() if p.requires_grad)
-        solver = "euler" if stack.scheme == "euler" else "heun2"
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
+        field, solver = ((_PiecewiseField(stack), "euler") if stack.scheme == "euler"
+                         else (_StackField(stack), "heun2"))
         return odeint_adjoint(field, x, t, method=solver, options={"step_size": stack.h},
                               adjoint_params=params)[-1]
     return discrete_adjoint(stack, x)
