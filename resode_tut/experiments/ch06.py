@@ -241,6 +241,18 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     shared_stats = accuracy(tied, test_data, device=device)
     at_depth = {d: tied_accuracy(tied, d) for d in config.eval_depths}
 
+    # the batch on which the adjoint's gradients are compared with backprop's
+    gen = torch.Generator().manual_seed(config.seed)
+    pick = torch.randperm(len(test_data), generator=gen)
+    grad_idx = pick[:config.gradient_batch]
+    x_g = prepare(test_data.images[grad_idx]).to(device)
+    y_g = test_data.labels[grad_idx].to(device)
+    during = []
+
+    def adjoint_epoch_end(model):   # after each adjoint fine-tuning epoch: both numbers
+        during.append(gradient_agreement(model, x_g, y_g).median)
+        return accuracy(model, test_data, device=device)
+
     # 2. untie, fine-tune from the same start with the same seed, once per method, and
     #    once with the stage frozen (what a stage that learns nothing would give)
     start = _depth_copy(tied, config.depth, device, train_data)
@@ -253,7 +265,8 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         hist = train(model, train_data, test_data, config.epochs, config.lr,
                      method="backprop" if method == "frozen" else method,
                      milestones=config.milestones, seed=config.seed + 1,
-                     desc=f"fine-tune N={config.depth} ({method})", **fit)
+                     desc=f"fine-tune N={config.depth} ({method})",
+                     evaluate=adjoint_epoch_end if method == "adjoint" else None, **fit)
         travel = float((_stage_vector(model) - _stage_vector(start)).norm())
         curves[method] = FineTuning([start_acc] + hist.test_accuracy, hist.train_loss,
                                     hist.seconds, travel)
@@ -263,8 +276,6 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                        - _stage_vector(finetuned["backprop"])).norm())
 
     # 3. memory kept by the stage, against depth
-    gen = torch.Generator().manual_seed(config.seed)
-    pick = torch.randperm(len(test_data), generator=gen)
     mem_idx = pick[:config.memory_batch]
     x_mem = prepare(test_data.images[mem_idx]).to(device)
     y_mem = test_data.labels[mem_idx].to(device)
@@ -278,13 +289,11 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                 mem.cuda_peak_mib[m].append(cuda_step_peak_mib(model, x_mem, y_mem, m))
 
     # 4. gradient agreement against depth
-    grad_idx = pick[:config.gradient_batch]
-    x_g = prepare(test_data.images[grad_idx]).to(device)
-    y_g = test_data.labels[grad_idx].to(device)
     grads = Gradients(list(config.gradient_depths), config.gradient_batch,
                       [gradient_agreement(_depth_copy(tied, d, device), x_g, y_g)
                        for d in config.gradient_depths],
-                      {m: gradient_agreement(finetuned[m], x_g, y_g) for m in METHODS})
+                      {m: gradient_agreement(finetuned[m], x_g, y_g) for m in METHODS},
+                      during)
 
     return FinetuneResult(
         config=config, key=cache_key(config, device, data_id), code=code_version(),

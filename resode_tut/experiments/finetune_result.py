@@ -119,12 +119,17 @@ class Gradients:
         The pre-trained network untied to each depth.
     finetuned : dict of str to Agreement
         The network fine-tuned with each method, at the fine-tuning depth.
+    during : list of float
+        During the adjoint's fine-tuning, after each epoch: the median relative
+        squared error of the adjoint's stage gradients against backprop's on the
+        network as it is then (length ``epochs``).
     """
 
     depths: list
     batch: int
     pretrained: list
     finetuned: dict
+    during: list
 
 
 @dataclass
@@ -251,6 +256,8 @@ class FinetuneResult:
                 return f"{m}: no gradient agreement after fine-tuning"
         if len(self.gradients.pretrained) != len(c.gradient_depths):
             return "gradients measured at too few depths"
+        if len(self.gradients.during) != c.epochs:
+            return "gradient agreement missing for some fine-tuning epochs"
         data = dataclasses.asdict(self)
         data.pop("load_average")
         bad = [v for v in _numbers(data) if not math.isfinite(v)]

@@ -64,7 +64,7 @@ def _fake_result(config, device="cpu", data_id=None):
                       {m: [] for m in methods}),
         gradients=Gradients(list(config.gradient_depths), 1,
                             [agree() for _ in config.gradient_depths],
-                            {m: agree() for m in methods}),
+                            {m: agree() for m in methods}, [0.1] * config.epochs),
         seconds=1.0, load_average=[0.25, 0.5])
 
 
