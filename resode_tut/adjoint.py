@@ -143,14 +143,9 @@ def reverse_step(stack, n: int, x: torch.Tensor) -> torch.Tensor:
         Euler: ``x - h f_n(x)``.  Heun: ``x - h/2 [f_{n+1}(x) + f_n(x - h f_{n+1}(x))]``
         (the Heun step from ``t_{n+1}`` to ``t_n``).  Buffers are left untouched.
     """
-    h = stack.h
-    buffers = _unique(b for f in _step_functions(stack, n) for b in f.buffers())
-    with _buffers_frozen(buffers):
-        if stack.scheme == "euler":
-            return x - h * stack._f(n, x)
-        k1 = stack._f(n + 1, x)
-        k2 = stack._f(n, (x - h * k1).to(x.dtype))  # f_n saw x_n's dtype in forward
-        return x - (h / 2) * (k1 + k2)
+    functions = _step_functions(stack, n)
+    with _buffers_frozen(_unique(b for f in functions for b in f.buffers())):
+        return _reconstruct_step(functions, stack.h, x, None, 0)
 
 
 class _RngTape:
@@ -227,14 +222,6 @@ def _calling(stack, hook):
         stack._before_f = old
 
 
-def _replay(stack, tape, n):
-    """The hook that sets, before ``f_k`` in step ``n``, the state ``f_k`` had there."""
-    if tape is None:
-        return None
-    per_step = 1 if stack.scheme == "euler" else 2
-    return lambda k: tape.restore(per_step * n + (k - n))
-
-
 def _captured_error(n, tensor):
     return RuntimeError(
         f"step {n} of the adjoint stack uses a tensor of shape {tuple(tensor.shape)} that "
@@ -259,7 +246,8 @@ def _forward(stack, x, tape):
 
 def _plan(stack, params):
     """Per step: the residual functions it evaluates, the parameters they own that
-    require grad, with their gradient slots, and their buffers.
+    require grad, with their gradient slots, and their buffers; the index of the
+    gradient slots; and, per function, the ids of the parameters it owns.
 
     The structure is kept per stack until any module registers a parameter or a
     submodule (see :func:`_stack_parameters`); the parameters are filtered by
@@ -267,27 +255,28 @@ def _plan(stack, params):
     """
     index = {id(p): i for i, p in enumerate(params)}
     cached = stack.__dict__.get("_plan_cache")
-    if cached is None or cached[0] != _registrations[0]:
+    if cached is None or cached[0] != (_registrations[0], id(stack)):
         structure = []
         for n in range(stack.num_steps):
             functions = _step_functions(stack, n)
             structure.append((functions, _unique(p for f in functions for p in f.parameters()),
                               _unique(b for f in functions for b in f.buffers())))
-        cached = (_registrations[0], structure)
+        owns = {id(f): {id(p) for p in f.parameters()} for f in stack.functions}
+        cached = ((_registrations[0], id(stack)), structure, owns)
         stack.__dict__["_plan_cache"] = cached
     plan = []
     for functions, all_params, buffers in cached[1]:
         ps = [p for p in all_params if id(p) in index]
         plan.append((functions, ps, [index[id(p)] for p in ps], buffers))
-    return plan, index
+    return plan, index, cached[2]
 
 
-def _leaves_checked(k, x_req, index, own, n, seen=None):
+def _leaves_checked(k, x_req, index, own, n):
     """The stack parameters under ``k`` that are not in ``own`` (a closure reaching
     another function's weights); raises for a leaf requiring grad that is neither
     ``x_req`` nor a stack parameter (a captured tensor would get no gradient).
     """
-    seen, todo, borrowed = set() if seen is None else seen, [k.grad_fn], []
+    seen, todo, borrowed = set(), [k.grad_fn], []
     while todo:
         node = todo.pop()
         if node is None or node in seen:
@@ -337,7 +326,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 "adjoint=False for higher-order gradients")
         x0, x = ctx.saved_tensors[:2]
         stack, tape, dtypes = ctx.stack, ctx.tape, ctx.dtypes
-        plan, index = _plan(stack, ctx.params)
+        plan, index, owns = _plan(stack, ctx.params)
         borrowed = {}   # id(function) -> stack parameters it reaches but does not own
         # a stack that drew no random numbers in forward has nothing to replay
         replay = tape.restore if tape is not None and tape.random else None
@@ -369,7 +358,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                         for f, k in zip(functions, ks):
                             if id(f) not in borrowed:
                                 borrowed[id(f)] = _leaves_checked(
-                                    k, x_req, index, {id(q) for q in _own(f, index)}, n)
+                                    k, x_req, index, owns[id(f)], n)
                             extra += borrowed[id(f)]
                         if extra:
                             extra = [q for q in _unique(extra) if all(q is not r for r in ps)]
@@ -405,11 +394,14 @@ def _vjp(out, grad, inputs):
 
 
 def _reconstruct_step(functions, h, x, replay, first):
-    """``x~_n`` from ``x~_{n+1}`` (called with grad mode off): :func:`reverse_step`
-    without its checks, with the random states of evaluations ``first``, ``first + 1``
-    replayed.
+    """The scheme run backwards over one step, ``x~_{n+1} -> x~_n``, given the step's
+    residual functions (``[f_n]`` for Euler, ``[f_n, f_{n+1}]`` for Heun).
+
+    ``replay``, when given, sets the random state that evaluation ``first`` (``f_n``)
+    and ``first + 1`` (``f_{n+1}``) had in forward.  :func:`reverse_step` is this
+    with the buffers restored afterwards.
     """
-    if len(functions) == 1:     # Euler
+    if len(functions) == 1:     # Euler: x~_n = x~_{n+1} - h f_n(x~_{n+1})
         if replay:
             replay(first)
         return x - h * functions[0](x)
@@ -418,7 +410,7 @@ def _reconstruct_step(functions, h, x, replay, first):
     k1 = functions[1](x)
     if replay:
         replay(first)
-    k2 = functions[0]((x - h * k1).to(x.dtype))
+    k2 = functions[0]((x - h * k1).to(x.dtype))   # f_n saw x_n's dtype in forward
     return x - (h / 2) * (k1 + k2)
 
 
@@ -440,10 +432,6 @@ def _residual(functions, h, x, replay, first):
         replay(first + 1)
     k2 = functions[1](x + h * k1)
     return x + (h / 2) * (k1 + k2), 1.0, False, (k1, k2)
-
-
-def _own(f, index):
-    return [q for q in f.parameters() if id(q) in index]
 
 
 def _autocast_state(device_type):
@@ -491,7 +479,9 @@ def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
 
 
 # Listing a deep stack's parameters costs about 2 us a layer; the list is kept per stack
-# until any module anywhere registers a parameter or a submodule (torch's global hooks).
+# until any module anywhere registers a parameter or a submodule (torch's global hooks),
+# and keyed by the stack's id too: a deep copy or an unpickled stack rebuilds its own
+# (the plan's per-function sets hold ids of the original's parameters).
 _registrations = [0]
 
 
@@ -506,8 +496,8 @@ torch.nn.modules.module.register_module_module_registration_hook(_count_registra
 def _stack_parameters(stack):
     """The distinct parameters of the stack's functions that require grad."""
     cached = stack.__dict__.get("_params_cache")
-    if cached is None or cached[0] != _registrations[0]:
-        cached = (_registrations[0],
+    if cached is None or cached[0] != (_registrations[0], id(stack)):
+        cached = ((_registrations[0], id(stack)),
                   _unique(p for f in stack.functions for p in f.parameters()))
         stack.__dict__["_params_cache"] = cached
     return [p for p in cached[1] if p.requires_grad]

@@ -32,6 +32,7 @@ from .gradient_methods import (
     floor_step,
     gradients,
     interleaved_times,
+    layer_errors,
     paired_ratio,
     relative_error,
     saved_bytes,
@@ -40,7 +41,7 @@ from .plots import depth_axis, use_style
 
 __all__ = ["use_style",
            "adjoint_benchmark", "format_table", "main", "METHODS", "gradients", "floor_step",
-           "interleaved_times", "paired_ratio",
+           "interleaved_times", "paired_ratio", "layer_errors",
            "relative_error", "saved_bytes", "cuda_peak_mib", "adjoint_error_sweep",
            "ResidualClassifier", "train_classifier", "depth_axis"]
 

@@ -33,7 +33,7 @@ from ..memory import CudaPeak, SavedTensorsCounter
 from ..residual_functions import tanh_stack
 from ..stack import ResidualStack
 
-__all__ = ["METHODS", "forward_with", "gradients", "saved_bytes", "floor_step",
+__all__ = ["METHODS", "forward_with", "gradients", "layer_errors", "saved_bytes", "floor_step",
            "interleaved_times", "paired_ratio", "cuda_peak_mib", "relative_error",
            "adjoint_error_sweep"]
 
@@ -151,6 +151,44 @@ def gradients(stack: ResidualStack, x: torch.Tensor, method: str) -> list[torch.
     for p, g in zip(params, saved):
         p.grad = g
     return grads
+
+
+def layer_errors(stack: ResidualStack, x: torch.Tensor, methods) -> dict:
+    """Relative error of each residual function's gradient against backprop's.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x : torch.Tensor, shape (B, ...)
+        Input of the stack.
+    methods : sequence of str
+        Names from :data:`METHODS`.
+
+    Returns
+    -------
+    dict
+        ``{method: numpy.ndarray (M,)}``: for function ``n``,
+        ``||g_n - g_n^bp|| / ||g_n^bp||`` over all of its parameters.
+
+    Raises
+    ------
+    ValueError
+        The functions share parameters (tied weights): there is no per-layer gradient.
+    """
+    if sum(len(list(f.parameters())) for f in stack.functions) != len(list(stack.parameters())):
+        raise ValueError("layer_errors needs one set of parameters per residual function; "
+                         "this stack's functions share parameters (tied weights)")
+
+    def per_function(grads):
+        it = iter(grads)
+        return [torch.cat([next(it).flatten() for _ in f.parameters()]) for f in stack.functions]
+
+    ref = per_function(gradients(stack, x, "backprop"))
+    out = {}
+    for m in methods:
+        got = per_function(gradients(stack, x, m))
+        out[m] = np.array([((a - b).norm() / b.norm()).item() for a, b in zip(got, ref)])
+    return out
 
 
 def relative_error(reference: list[torch.Tensor], approx: list[torch.Tensor]) -> float:

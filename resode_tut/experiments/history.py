@@ -44,22 +44,21 @@ class SelfCheckLog:
     Parameters
     ----------
     model : torch.nn.Module
-        Its :class:`~resode_tut.ResidualStack` submodules with ``adjoint=True``
-        are watched (read when :meth:`backward` is entered).
+        Its :class:`~resode_tut.ResidualStack` submodules (found once, here) are
+        watched while their ``adjoint`` flag is on.
     """
 
     def __init__(self, model: nn.Module):
-        self.model = model
+        self.stacks = [m for m in model.modules() if isinstance(m, ResidualStack)]
         self.values = []
 
     @contextmanager
     def backward(self):
         """Wrap ``loss.backward()``: silences the warning and records the errors."""
-        stacks = [m for m in self.model.modules() if isinstance(m, ResidualStack) and m.adjoint]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ReconstructionWarning)
             yield
-        self.values.extend(m.last_reconstruction_error for m in stacks)
+        self.values.extend(m.last_reconstruction_error for m in self.stacks if m.adjoint)
 
     def end_epoch(self, hist: TrainHistory) -> None:
         """Append the epoch's largest error to ``hist.reconstruction_error`` (if any)."""

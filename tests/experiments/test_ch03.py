@@ -122,3 +122,19 @@ def test_the_odeint_adjoint_baseline_samples_every_layer_and_is_first_order(sche
         errors.append(relative_error(ref, ode))
     from resode_tut import loglog_slope
     assert loglog_slope([16, 32, 64], errors) <= -0.8
+
+
+def test_layer_errors_group_each_functions_parameters():
+    from resode_tut.experiments.gradient_methods import layer_errors
+    stack = tanh_stack(8, "iid", seed=2, dim=3)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    errs = layer_errors(stack, x, ("backprop", "adjoint"))
+    assert errs["backprop"].shape == (8,) and not errs["backprop"].any()
+    ref, adj = gradients(stack, x, "backprop"), gradients(stack, x, "adjoint")
+    for n in range(8):   # a TanhLayer has a weight and a bias, in that order
+        a = torch.cat([adj[2 * n].flatten(), adj[2 * n + 1].flatten()])
+        b = torch.cat([ref[2 * n].flatten(), ref[2 * n + 1].flatten()])
+        assert errs["adjoint"][n] == pytest.approx(((a - b).norm() / b.norm()).item())
+    tied = tanh_stack(1, "smooth", dim=3)
+    with pytest.raises(ValueError, match="tied weights"):
+        layer_errors(type(stack)([tied.functions[0]] * 4), x, ("adjoint",))
