@@ -70,6 +70,8 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
+from ._arith import add_scaled
+
 __all__ = ["discrete_adjoint", "reverse_step", "reconstruct",
            "ReconstructionError", "ReconstructionWarning"]
 
@@ -404,14 +406,14 @@ def _reconstruct_step(functions, h, x, replay, first):
     if len(functions) == 1:     # Euler: x~_n = x~_{n+1} - h f_n(x~_{n+1})
         if replay:
             replay(first)
-        return x - h * functions[0](x)
+        return add_scaled(x, -h, functions[0](x))
     if replay:
         replay(first + 1)
     k1 = functions[1](x)
     if replay:
         replay(first)
-    k2 = functions[0]((x - h * k1).to(x.dtype))   # f_n saw x_n's dtype in forward
-    return x - (h / 2) * (k1 + k2)
+    k2 = functions[0](add_scaled(x, -h, k1).to(x.dtype))   # f_n saw x_n's dtype
+    return add_scaled(x, -h / 2, torch.add(k1, k2))
 
 
 def _residual(functions, h, x, replay, first):
@@ -430,8 +432,8 @@ def _residual(functions, h, x, replay, first):
         return k1, h, True, (k1,)
     if replay:
         replay(first + 1)
-    k2 = functions[1](x + h * k1)
-    return x + (h / 2) * (k1 + k2), 1.0, False, (k1, k2)
+    k2 = functions[1](add_scaled(x, h, k1))
+    return add_scaled(x, h / 2, torch.add(k1, k2)), 1.0, False, (k1, k2)
 
 
 def _autocast_state(device_type):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._arith import add_scaled
 from .adjoint import ReconstructionError, ReconstructionWarning, discrete_adjoint
 
 __all__ = ["ResidualStack", "SCHEMES"]
@@ -229,9 +230,9 @@ class ResidualStack(nn.Module):
         h = self.h
         k1 = self._f(n, x)
         if self.scheme == "euler":
-            return x + h * k1
-        k2 = self._f(n + 1, x + h * k1)
-        return x + (h / 2) * (k1 + k2)
+            return add_scaled(x, h, k1)
+        k2 = self._f(n + 1, add_scaled(x, h, k1))
+        return add_scaled(x, h / 2, torch.add(k1, k2))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):

@@ -134,3 +134,53 @@ def test_adjoint_must_be_a_bool():
         stack.adjoint = "yes"
     stack.adjoint = True
     assert stack.adjoint is True
+
+
+class ReturnsKept(nn.Module):
+    """A residual function whose output is a tensor it keeps, its input, or a view of
+    its input: the step's in-place arithmetic must touch none of them."""
+
+    def __init__(self, kind, shape):
+        super().__init__()
+        self.kind = kind
+        self.register_buffer("kept", torch.full(shape, 0.5, dtype=torch.float64))
+
+    def forward(self, x):
+        if self.kind == "kept":
+            return self.kept
+        return x if self.kind == "input" else x.view(x.shape)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+@pytest.mark.parametrize("kind", ["kept", "input", "view"])
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_in_place_arithmetic_never_writes_into_what_a_function_returns(scheme, kind, adjoint):
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x_before = x.clone()
+    functions = [ReturnsKept(kind, (3, 4)) for _ in range(4)]
+    stack = ResidualStack(functions, scheme=scheme, adjoint=adjoint)
+    out = stack(x)
+    expected = x_before.clone()      # the recursion written out of place
+    for n in range(stack.num_steps):
+        k1 = functions[n](expected)
+        if scheme == "euler":
+            expected = expected + stack.h * k1
+        else:
+            k2 = functions[n + 1](expected + stack.h * k1)
+            expected = expected + stack.h / 2 * (k1 + k2)
+    assert torch.equal(out, expected)
+    assert torch.equal(x, x_before)
+    assert all(torch.equal(f.kept, torch.full((3, 4), 0.5, dtype=torch.float64))
+               for f in functions)
+
+
+def test_in_place_arithmetic_keeps_the_promoted_dtype():
+    """Under autocast a layer returns bfloat16 for a float32 state: the step must stay
+    float32, as x + h k does, not take the product's dtype."""
+    torch.manual_seed(0)
+    stack = ResidualStack([nn.Linear(8, 8, dtype=torch.float32) for _ in range(3)])
+    x = torch.randn(4, 8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = stack(x)
+        k = stack.functions[0](x)
+    assert k.dtype == torch.bfloat16 and out.dtype == torch.float32
