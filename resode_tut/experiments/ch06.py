@@ -18,9 +18,12 @@ Results are plain JSON.  :func:`train_or_load` caches them under a key made of
 the configuration, the device type and the source code of the modules that
 compute them, so a stale result is never served as current.
 
-Command line (the GPU-scale run; writes JSON and a figure)::
+Command line (the GPU-scale run; writes JSON, a figure and per-epoch checkpoints)::
 
     python -m resode_tut.experiments.ch06 --config gpu-full --device cuda --download
+    torchrun --nproc_per_node=4 -m resode_tut.experiments.ch06 --config gpu-full --amp bf16
+
+(see the book's "Scaling up" page for several nodes, ``--resume`` and elastic restarts).
 """
 from __future__ import annotations
 
@@ -39,11 +42,13 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..cifar_resnet import CifarResNet, untie
 from ..datasets.cifar import SHORT_NAMES, cifar10, data_identity, prepare
 from ..runtime import seed_everything
 from . import cache
 from .cifar_training import (
+    AMP_DTYPES,
     METHODS,
     accuracy,
     cuda_step_peak_mib,
@@ -132,6 +137,11 @@ CONFIGS = {
                                pretrain_milestones=(30, 45), epochs=50, lr=1e-3,
                                milestones=(40,), memory_depths=(8, 16, 32, 64, 128, 256),
                                gradient_depths=(4, 8, 16, 32, 64, 128, 256)),
+    # seconds: checks that a setup runs end to end (torchrun, --amp, --resume), not results
+    "smoke": FinetuneConfig("smoke", train_images=512, test_images=256, channels=8,
+                            pretrain_depth=2, pretrain_epochs=2, depth=4, epochs=2, batch=64,
+                            eval_depths=(2, 4), memory_depths=(2, 4), memory_batch=32,
+                            gradient_depths=(2, 4), gradient_batch=16),
 }
 
 def code_version() -> str:
@@ -141,10 +151,22 @@ def code_version() -> str:
     return cache.code_version("resode_tut.experiments.ch06")
 
 
-def cache_key(config: FinetuneConfig, device: str | torch.device, data_id: str) -> str:
-    """Key of a result: configuration, device type, code version and data copy (the
-    torch version is recorded in the result, not keyed, so a GPU result made elsewhere
-    can be shown).
+DEFAULT_SCALE = {"processes": 1, "amp": "off", "sync_batchnorm": False}
+
+
+def scale_options(amp: str | None = None, sync_batchnorm: bool = False) -> dict:
+    """How this run is spread and rounded: processes (torchrun's world size), mixed
+    precision and SyncBatchNorm. Part of the cache key and the checkpoints' fingerprint.
+    """
+    return {"processes": distributed.current().world_size, "amp": amp or "off",
+            "sync_batchnorm": bool(sync_batchnorm)}
+
+
+def cache_key(config: FinetuneConfig, device: str | torch.device, data_id: str,
+              scale: dict | None = None) -> str:
+    """Key of a result: configuration, device type, code version, data copy and, when
+    not one process in float32, the scale options (the torch version is recorded in the
+    result, not keyed, so a GPU result made elsewhere can be shown).
 
     Parameters
     ----------
@@ -154,9 +176,14 @@ def cache_key(config: FinetuneConfig, device: str | torch.device, data_id: str) 
     data_id : str
         The CIFAR-10 copy (:func:`resode_tut.datasets.cifar.data_identity`): a result
         from the JPEG mirror is never served for the official archive, nor the reverse.
+    scale : dict, optional
+        :func:`scale_options` (default: one process, float32, plain BatchNorm).
     """
-    text = json.dumps({"config": asdict(config), "device": torch.device(device).type,
-                       "code": code_version(), "data": data_id}, sort_keys=True)
+    key = {"config": asdict(config), "device": torch.device(device).type,
+           "code": code_version(), "data": data_id}
+    if scale is not None and scale != DEFAULT_SCALE:
+        key["scale"] = scale
+    text = json.dumps(key, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -175,8 +202,10 @@ def _config(config: FinetuneConfig | str) -> FinetuneConfig:
     return CONFIGS[config]
 
 
-def _path(config: FinetuneConfig, device, out_dir: Path, data_id: str) -> Path:
-    return Path(out_dir) / f"finetune-{config.name}-{cache_key(config, device, data_id)}.json"
+def _path(config: FinetuneConfig, device, out_dir: Path, data_id: str,
+          scale: dict | None = None) -> Path:
+    key = cache_key(config, device, data_id, scale)
+    return Path(out_dir) / f"finetune-{config.name}-{key}.json"
 
 
 def _split(root, train: bool, n: int, seed: int, download: bool):
@@ -200,7 +229,9 @@ def _depth_copy(model: CifarResNet, depth: int, device, train_data=None) -> Cifa
 
 
 def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
-        data_root=None, download: bool = False) -> FinetuneResult:
+        data_root=None, download: bool = False, amp: str | None = None,
+        sync_batchnorm: bool = False, checkpoint_dir=None,
+        resume: bool = False) -> FinetuneResult:
     """Run the whole experiment once (see the module docstring).
 
     Parameters
@@ -212,6 +243,19 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         :func:`resode_tut.datasets.cifar.default_root`).
     download : bool
         Download the official archive if the data are missing.
+    amp : {None, "bf16", "fp16"}
+        Mixed precision for every training (see :func:`cifar_training.train`).
+    sync_batchnorm : bool
+        Under torchrun: BatchNorm statistics over the global batch (CUDA).
+    checkpoint_dir : path, optional
+        A checkpoint per training phase (``pretrain.pt``, ``finetune-<method>.pt``),
+        written after every epoch.
+    resume : bool
+        Continue each phase from its checkpoint: a killed run ends as an
+        uninterrupted one would, having lost at most the epoch it was in.
+
+    Under torchrun every process runs this (the trainings are data-parallel; the
+    measurements are repeated by each process and agree).
 
     Returns
     -------
@@ -226,7 +270,14 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     train_data = _split(data_root, True, config.train_images, config.seed, download)
     test_data = _split(data_root, False, config.test_images, config.seed, download)
     data_id = data_identity(data_root)
-    fit = dict(device=device, batch=config.batch)
+    scale = scale_options(amp, sync_batchnorm)
+    key = cache_key(config, device, data_id, scale)
+
+    def fit(phase):
+        return dict(device=device, batch=config.batch, amp=amp, sync_batchnorm=sync_batchnorm,
+                    resume=resume, fingerprint=f"{key}/{phase}",
+                    checkpoint=None if checkpoint_dir is None
+                    else Path(checkpoint_dir) / f"{phase}.pt")
 
     # 1. the tied network, and the same weights at other depths
     tied = CifarResNet(config.pretrain_depth, config.channels, tied=True, seed=config.seed)
@@ -237,7 +288,8 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
 
     pre = train(tied, train_data, test_data, config.pretrain_epochs, config.pretrain_lr,
                 milestones=config.pretrain_milestones, seed=config.seed,
-                desc=f"pre-train tied N={config.pretrain_depth}", evaluate=tied_accuracy, **fit)
+                desc=f"pre-train tied N={config.pretrain_depth}", evaluate=tied_accuracy,
+                **fit("pretrain"))
     shared_stats = accuracy(tied, test_data, device=device)
     at_depth = {d: tied_accuracy(tied, d) for d in config.eval_depths}
 
@@ -247,11 +299,10 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     grad_idx = pick[:config.gradient_batch]
     x_g = prepare(test_data.images[grad_idx]).to(device)
     y_g = test_data.labels[grad_idx].to(device)
-    during = []
 
     def adjoint_epoch_end(model):   # after each adjoint fine-tuning epoch: both numbers
-        during.append(gradient_agreement(model, x_g, y_g).median)
-        return accuracy(model, test_data, device=device)
+        return accuracy(model, test_data, device=device), \
+            gradient_agreement(model, x_g, y_g).median
 
     # 2. untie, fine-tune from the same start with the same seed, once per method, and
     #    once with the stage frozen (what a stage that learns nothing would give)
@@ -266,12 +317,15 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                      method="backprop" if method == "frozen" else method,
                      milestones=config.milestones, seed=config.seed + 1,
                      desc=f"fine-tune N={config.depth} ({method})",
-                     evaluate=adjoint_epoch_end if method == "adjoint" else None, **fit)
+                     evaluate=adjoint_epoch_end if method == "adjoint" else None,
+                     **fit(f"finetune-{method}"))
         travel = float((_stage_vector(model) - _stage_vector(start)).norm())
         curves[method] = FineTuning([start_acc] + hist.test_accuracy, hist.train_loss,
                                     hist.seconds, travel)
         if method in METHODS:
             finetuned[method] = model
+        if method == "adjoint":
+            during = hist.notes
     stage_gap = float((_stage_vector(finetuned["adjoint"])
                        - _stage_vector(finetuned["backprop"])).norm())
 
@@ -296,7 +350,7 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                       during)
 
     return FinetuneResult(
-        config=config, key=cache_key(config, device, data_id), code=code_version(),
+        config=config, key=key, code=code_version(),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         torch=torch.__version__, data_source=train_data.source, data_id=data_id,
@@ -305,7 +359,8 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                              pre.seconds, at_depth, shared_stats),
         depth=config.depth, finetune=curves, stage_gap=stage_gap, memory=mem,
         gradients=grads,
-        seconds=time.perf_counter() - t_start, load_average=[load_start, _load_average()])
+        seconds=time.perf_counter() - t_start, load_average=[load_start, _load_average()],
+        scale=scale)
 
 
 def _load_average() -> float:
@@ -348,7 +403,8 @@ def _read(path: Path, config: FinetuneConfig, device,
         warnings.warn(f"ignoring the damaged result file {path} ({err}): it is recomputed",
                       stacklevel=3)
         return None
-    if result.key != cache_key(config, device, result.data_id if data_id is None else data_id):
+    if result.key != cache_key(config, device, result.data_id if data_id is None else data_id,
+                               result.scale):
         return None
     problem = validate(result, config)
     if problem is not None:
@@ -414,7 +470,8 @@ def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
 
 def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                   out_dir=None, data_root=None, download: bool = False,
-                  force: bool = False) -> FinetuneResult:
+                  force: bool = False, amp: str | None = None, sync_batchnorm: bool = False,
+                  checkpoint_dir=None, resume: bool = False) -> FinetuneResult:
     """:func:`load` the result if cached (same configuration, device type, code),
     else :func:`run` it and write it (JSON, atomically) under ``out_dir``.
 
@@ -431,6 +488,16 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
         Download the official archive if the data are missing.
     force : bool
         Run even if a current result is cached.
+    amp : {None, "bf16", "fp16"}
+        Mixed precision, as for :func:`run`.
+    sync_batchnorm : bool
+        As for :func:`run`.
+    checkpoint_dir : path, optional
+        As for :func:`run`.
+    resume : bool
+        As for :func:`run`.
+
+    Under torchrun every process calls it; only rank 0 writes the file.
 
     Returns
     -------
@@ -443,18 +510,20 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
     cifar10(data_root, train=False, download=download)   # there, and sound, or fetched
     data_id = data_identity(data_root)
-    path = _path(config, device, out_dir, data_id)
+    path = _path(config, device, out_dir, data_id, scale_options(amp, sync_batchnorm))
     result = None if force else _read(path, config, device, data_id)
     if result is None:
-        result = run(config, device, data_root, download)
+        result = run(config, device, data_root, download, amp, sync_batchnorm,
+                     checkpoint_dir, resume)
         problem = validate(result, config)
         if problem is not None:
             raise RuntimeError(f"the run gave an incomplete result ({problem}); not cached")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # atomic: a reader sees the old file or the whole new one, never half of it
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(result.to_json())
-        os.replace(tmp, path)
+        if distributed.current().is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # atomic: a reader sees the old file or the whole new one, never half of it
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(result.to_json())
+            os.replace(tmp, path)
         result = dataclasses.replace(result, path=str(path), cached=False)
     return result
 
@@ -557,7 +626,10 @@ def summary(result: FinetuneResult) -> str:
     """
     pre, ft = result.pretrain, result.finetune
     lines = [f"data: {result.data_source}, {result.train_images} train / "
-             f"{result.test_images} test images; device: {result.device}",
+             f"{result.test_images} test images; device: {result.device}" + (
+                 "" if result.scale == DEFAULT_SCALE else
+                 f" x {result.scale['processes']} processes, mixed precision "
+                 f"{result.scale['amp']}, SyncBatchNorm {result.scale['sync_batchnorm']}"),
              f"tied N={pre.depth}: test accuracy {100 * pre.test_accuracy[-1]:.1f}% (with its "
              f"shared BatchNorm statistics: {100 * pre.accuracy_shared_statistics:.1f}%); "
              "at other depths: "
@@ -609,13 +681,43 @@ def main(argv=None) -> int:
                         help="results folder (default $RESODE_RESULTS or "
                              "~/.cache/resode_tut/results)")
     parser.add_argument("--force", action="store_true", help="run even if a result is cached")
+    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
+                        help="mixed precision: autocast to bfloat16 or float16 (with a "
+                             "gradient scaler); the adjoint's backward re-enters it")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun: BatchNorm statistics over the global batch "
+                             "(SyncBatchNorm, CUDA only)")
+    parser.add_argument("--checkpoints", default=None,
+                        help="folder of the per-epoch checkpoints (default: "
+                             "<out>/checkpoints/<configuration>-<key>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoints (automatic after torchrun's "
+                             "elastic restart)")
     args = parser.parse_args(argv)
-    out = default_results_dir() if args.out is None else Path(args.out)
-    result = train_or_load(args.config, args.device, out, args.data, args.download, args.force)
-    print(summary(result))
-    figure = Path(result.path).with_suffix(".png")
-    plot(result).savefig(figure, dpi=120)
-    print(f"results: {result.path} and {figure}")
+    dist, device = distributed.setup(args.device)
+    try:
+        out = default_results_dir() if args.out is None else Path(args.out)
+        config = _config(args.config)
+        if args.download:   # one process fetches, the others wait for it
+            if dist.is_main:
+                cifar10(args.data, train=False, download=True)
+            distributed.barrier()
+        checkpoints = args.checkpoints
+        if checkpoints is None:
+            key = cache_key(config, device, data_identity(args.data),
+                            scale_options(args.amp, args.sync_bn))
+            checkpoints = out / "checkpoints" / f"{config.name}-{key}"
+        # torchrun --max-restarts: a restarted worker continues from the last epoch
+        resume = args.resume or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+        result = train_or_load(config, device, out, args.data, False, args.force,
+                               args.amp, args.sync_bn, checkpoints, resume)
+        if dist.is_main:
+            print(summary(result))
+            figure = Path(result.path).with_suffix(".png")
+            plot(result).savefig(figure, dpi=120)
+            print(f"results: {result.path} and {figure}; checkpoints: {checkpoints}")
+    finally:
+        distributed.teardown()
     return 0
 
 

@@ -7,12 +7,16 @@ head always use backprop).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .. import checkpoint as ckpt
+from .. import distributed
 from ..cifar_resnet import CifarResNet, recalibrate_batchnorm
 from ..datasets.cifar import Cifar10, prepare
 from ..memory import CudaPeak
@@ -21,7 +25,7 @@ from .finetune_result import Agreement
 from .gradient_methods import relative_error, saved_bytes
 from .history import SelfCheckLog, TrainHistory
 
-__all__ = ["METHODS", "TrainHistory", "train", "accuracy", "recalibrate_batchnorm",
+__all__ = ["METHODS", "AMP_DTYPES", "TrainHistory", "train", "accuracy", "recalibrate_batchnorm",
            "stage_saved_bytes",
            "cuda_step_peak_mib", "gradient_agreement"]
 
@@ -38,6 +42,8 @@ def accuracy(model: nn.Module, data: Cifar10, batch: int = 1000,
              device: str | torch.device = "cpu") -> float:
     """Share of ``data`` classified correctly, in eval mode (BatchNorm running statistics).
 
+    Under torchrun every process must call it (each classifies its part).
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -49,23 +55,52 @@ def accuracy(model: nn.Module, data: Cifar10, batch: int = 1000,
     """
     was_training = model.training
     model.eval()
+    dist = distributed.current()
+    # under torchrun each process classifies its part of the data; the counts are summed
+    part = distributed.shard(len(data), dist) if dist.enabled else slice(0, len(data))
     correct = 0
-    for i in range(0, len(data), batch):
-        x = prepare(data.images[i:i + batch].to(device))
-        correct += (model(x).argmax(1).cpu() == data.labels[i:i + batch]).sum().item()
+    for i in range(part.start, part.stop, batch):
+        j = min(i + batch, part.stop)
+        x = prepare(data.images[i:j].to(device))
+        correct += (model(x).argmax(1).cpu() == data.labels[i:j]).sum().item()
     model.train(was_training)
-    return correct / len(data)
+    return distributed.all_reduce_sum([correct], device)[0] / len(data)
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _random_states(device) -> dict:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device).cpu()
+    return states
+
+
+def _set_random_states(states: dict, device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: int,
           lr: float, method: str = "backprop", milestones=(), batch: int = 128,
           weight_decay: float = 5e-4, seed: int = 0, device: str | torch.device = "cpu",
-          desc: str = "train", evaluate=None) -> TrainHistory:
+          desc: str = "train", evaluate=None, amp: str | None = None,
+          sync_batchnorm: bool = False, checkpoint=None, fingerprint: str = "",
+          resume: bool = False) -> TrainHistory:
     """SGD (momentum 0.9) on cross-entropy with crops and flips; test accuracy each epoch.
 
     The batch order and the augmentation depend on ``seed`` only, so two runs
     from the same weights with the same seed see exactly the same images: they
     differ only by how the stage's gradient is computed.
+
+    Under ``torchrun`` (a process group, see :mod:`resode_tut.distributed`) the
+    model runs in DistributedDataParallel and ``batch`` is the *global* batch:
+    every process draws the same order and augmentation and trains on its slice,
+    so the run sees the images a single process sees (a last global batch smaller
+    than the number of processes is dropped); losses and accuracies are summed
+    over the processes; only rank 0 writes the checkpoint.
 
     Parameters
     ----------
@@ -81,7 +116,7 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
     milestones : sequence of int
         Epochs at which the learning rate is divided by 10.
     batch : int
-        Training batch.
+        Training batch (global, over all processes).
     weight_decay : float
     seed : int
         Seeds the batch order and the augmentation.
@@ -89,47 +124,101 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
     desc : str
         Label of the progress bar.
     evaluate : callable, optional
-        ``evaluate(model) -> float``, the test accuracy recorded after each epoch;
-        default :func:`accuracy` on ``test_data``.
+        ``evaluate(model)``, called after each epoch: the test accuracy, or a pair
+        (accuracy, a number recorded in ``TrainHistory.notes``); default
+        :func:`accuracy` on ``test_data``.
+    amp : {None, "bf16", "fp16"}
+        Mixed precision: forward and loss under :func:`torch.autocast` with this
+        dtype (the adjoint's backward re-enters it); ``"fp16"`` adds a
+        :class:`torch.amp.GradScaler`.
+    sync_batchnorm : bool
+        Under torchrun, BatchNorm statistics over the global batch (CUDA only).
+    checkpoint : str or Path, optional
+        Written atomically after every epoch (model, optimiser, scheduler, scaler,
+        random states, history) with ``fingerprint``.
+    fingerprint : str
+        Names the configuration and code: a checkpoint with another is refused.
+    resume : bool
+        Continue from ``checkpoint`` if it exists: the run then ends bit for bit
+        as an uninterrupted one (a finished checkpoint returns at once).
 
     Returns
     -------
     TrainHistory
     """
     _check_method(method)
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"unknown mixed precision {amp!r}: choose one of "
+                         f"{sorted(AMP_DTYPES)} or None")
+    dist = distributed.current()
+    device = torch.device(device)
     model.to(device).train()
     adjoint_before, model.stage.adjoint = model.stage.adjoint, method == "adjoint"
+    net = distributed.wrap(model, device, sync_batchnorm)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.1)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     gen = torch.Generator().manual_seed(seed)
+    hist = TrainHistory()
+    first = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state = ckpt.load(checkpoint, fingerprint, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["generator"])
+        _set_random_states(state["random"], device)
+        hist = TrainHistory(**state["history"])
+        first = state["epoch"]
     images = train_data.images.to(device)
     labels = train_data.labels.to(device)
-    hist = TrainHistory()
     checks = SelfCheckLog(model)
-    for _ in progress(range(epochs), desc):
+    autocast = torch.autocast(device.type, dtype=AMP_DTYPES.get(amp), enabled=amp is not None)
+    for epoch in progress(range(first, epochs), desc, enabled=dist.is_main, initial=first,
+                          total=epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(labels), generator=gen)
         total = 0.0
         for i in range(0, len(order), batch):
             idx = order[i:i + batch].to(device)
-            x = prepare(images[idx], gen)
-            loss = nn.functional.cross_entropy(model(x), labels[idx])
+            if len(idx) < dist.world_size:
+                break
+            # every process augments the whole global batch (same generator state)
+            x, y = prepare(images[idx], gen), labels[idx]
+            part = distributed.shard(len(idx), dist) if dist.enabled else slice(None)
+            x, y = x[part], y[part]
+            with autocast:
+                loss = nn.functional.cross_entropy(net(x), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss became {loss.item()}: "
                                          "lower the learning rate")
+            # DDP averages over processes: weight each by its share of the global batch
+            share = len(y) * dist.world_size / len(idx)
             opt.zero_grad(set_to_none=True)
             with checks.backward():
-                loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+                scaler.scale(loss if share == 1 else loss * share).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += loss.item() * len(y)
         sched.step()
         checks.end_epoch(hist)
-        if torch.device(device).type == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
         hist.seconds.append(time.perf_counter() - t0)
-        hist.train_loss.append(total / len(order))
-        hist.test_accuracy.append(accuracy(model, test_data, device=device) if evaluate is None
-                                  else evaluate(model))
+        hist.train_loss.append(distributed.all_reduce_sum([total], device)[0] / len(order))
+        result = (accuracy(model, test_data, device=device) if evaluate is None
+                  else evaluate(model))
+        if isinstance(result, tuple):
+            result, note = result
+            hist.notes.append(float(note))
+        hist.test_accuracy.append(float(result))
+        if checkpoint is not None and dist.is_main:
+            ckpt.save(checkpoint, {
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "generator": gen.get_state(), "random": _random_states(device),
+                "history": dataclasses.asdict(hist)}, fingerprint)
     model.stage.adjoint = adjoint_before
     return hist
 

@@ -163,6 +163,9 @@ class FinetuneResult:
         Wall time of the whole run.
     load_average : list of float
         1-minute load average at its start and end (NaN where the OS has none).
+    scale : dict
+        ``processes`` (torchrun's world size), ``amp`` (``"off"``, ``"bf16"``,
+        ``"fp16"``) and ``sync_batchnorm`` of the run.
     path : str or None
         The cache file it was read from or written to (not stored in the file).
     cached : bool
@@ -186,6 +189,8 @@ class FinetuneResult:
     gradients: Gradients
     seconds: float
     load_average: list
+    scale: dict = field(default_factory=lambda: {"processes": 1, "amp": "off",
+                                                 "sync_batchnorm": False})
     path: str | None = field(default=None, compare=False)
     cached: bool = field(default=False, compare=False)
 

@@ -29,12 +29,16 @@ class TrainHistory:
         With an adjoint stage: the largest self-check
         (``ResidualStack.last_reconstruction_error``) over the epoch's batches;
         empty otherwise.
+    notes : list of float
+        What the ``evaluate`` callback of the training recorded beside the
+        accuracy (chapter 6: the adjoint's gradient agreement), per epoch.
     """
 
     train_loss: list = field(default_factory=list)
     test_accuracy: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
     reconstruction_error: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
 
 class SelfCheckLog:
