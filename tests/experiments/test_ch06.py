@@ -145,7 +145,7 @@ def test_a_result_from_one_data_copy_is_never_served_for_another(tmp_path, monke
     ids = {root: cifar_data.data_identity(root) for root in (mirror, official)}
     assert ids[official].startswith("official:") and ids[mirror].startswith("other:")
     runs = []
-    monkeypatch.setattr(finetune, "run", lambda config, device, root, download: runs.append(
+    monkeypatch.setattr(finetune, "run", lambda config, device, root, *options: runs.append(
         root) or _fake_result(TINY, data_id=cifar_data.data_identity(root)))
     out = tmp_path / "results"
     from_mirror = finetune.train_or_load(TINY, "cpu", out, data_root=mirror)
