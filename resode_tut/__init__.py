@@ -30,8 +30,13 @@ Data sets, measurement, set-up
     :class:`SavedTensorsCounter`, :class:`CudaPeak` -- memory kept for backward and
     CUDA peaks; :func:`loglog_slope` -- convergence rates; :func:`setup` -- run mode
     (``RESODE_MODE``), device, threads and seeds.
+
+Past one device (chapter 7)
+    :mod:`resode_tut.distributed` -- ``torchrun`` process groups, DDP wrapping and
+    a global batch split between processes; :mod:`resode_tut.checkpoint` -- atomic,
+    safely loaded training checkpoints tied to their configuration.
 """
-from . import datasets
+from . import checkpoint, datasets, distributed
 from .adaptation import StepSizeAdapter, ToleranceAdapter, initial_step_size
 from .adjoint import ReconstructionError, ReconstructionWarning, reconstruct, reverse_step
 from .bounds import euler_distance_bound
@@ -64,4 +69,6 @@ __all__ = [
     # data, measurement, set-up
     "datasets", "SavedTensorsCounter", "CudaPeak", "loglog_slope", "setup", "Runtime",
     "get_mode", "get_threads", "seed_everything", "__version__",
+    # past one device
+    "distributed", "checkpoint",
 ]

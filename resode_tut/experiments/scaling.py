@@ -24,8 +24,9 @@ from torch import nn
 from .. import distributed
 from ..cifar_resnet import CifarResNet
 from .cifar_training import METHODS, train
+from .plots import use_style
 
-__all__ = ["StepCheck", "ddp_step_check", "ResumeCheck", "resume_check", "amp_check"]
+__all__ = ["use_style", "StepCheck", "ddp_step_check", "ResumeCheck", "resume_check", "amp_check"]
 
 
 def _model(depth: int, channels: int, dtype) -> CifarResNet:
