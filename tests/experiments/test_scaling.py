@@ -3,6 +3,7 @@ mixed precision, and chapter 6's command line under torchrun with a worker kille
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -174,15 +175,20 @@ def _workers(pid):
     return out
 
 
-def _ch06(args, data_root, out, port):
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ch06(args, data_root, out):
     env = {**os.environ, "RESODE_DATA": str(data_root), "TQDM_DISABLE": "1",
            "OMP_NUM_THREADS": "1"}
     # the c10d rendezvous (as for several nodes): each restart gets a fresh round
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test",
-           *args,
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--rdzv-id=test",
            "-m", "resode_tut.experiments.ch06", "--config", "smoke", "--device", "cpu",
-           "--out", str(out)]
+           "--out", str(out), *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -199,15 +205,17 @@ def _result(out):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds workers in /proc")
-def test_torchrun_with_a_worker_killed_ends_as_an_uninterrupted_run(data_root, tmp_path):
-    """chapter 6's command line under torchrun (2 processes, gloo, local addresses):
-    one worker SIGKILLed during the backprop fine-tuning, the elastic agent restarts
-    both, they resume from the last epoch's checkpoint; the result and the final
-    weights equal an uninterrupted run's."""
-    straight = _ch06([], data_root, tmp_path / "straight", 29517)
+def test_torchrun_with_a_worker_killed_then_resumed_ends_as_an_uninterrupted_run(data_root,
+                                                                                 tmp_path):
+    """chapter 6's command line under torchrun (2 processes, gloo, local addresses): one
+    worker SIGKILLed during the backprop fine-tuning ends the run; the same command with
+    --resume continues from the last epoch's checkpoints (the finished pre-training is not
+    run again) and the result and every phase's final weights equal an uninterrupted run's.
+    """
+    straight = _ch06([], data_root, tmp_path / "straight")
     log = straight.communicate(timeout=300)[0]
     assert straight.returncode == 0, log
-    killed = _ch06(["--max-restarts=1"], data_root, tmp_path / "killed", 29518)
+    killed = _ch06([], data_root, tmp_path / "killed")
     marker = next((tmp_path / "straight" / "checkpoints").iterdir()).name
     watch = tmp_path / "killed" / "checkpoints" / marker / "finetune-backprop.pt"
     deadline = time.monotonic() + 240
@@ -218,10 +226,12 @@ def test_torchrun_with_a_worker_killed_ends_as_an_uninterrupted_run(data_root, t
     killed_at = time.time()
     os.kill(max(workers), signal.SIGKILL)
     log = killed.communicate(timeout=300)[0]
-    assert killed.returncode == 0, log
-    assert "exitcode: -9" in log, log          # the agent saw the kill and restarted
-    # the restarted workers resumed: the finished pre-training was not run again
-    assert (watch.parent / "pretrain.pt").stat().st_mtime < killed_at
+    assert killed.returncode != 0 and "exitcode: -9" in log, log
+    assert not list((tmp_path / "killed").glob("finetune-smoke-*.json"))
+    resumed = _ch06(["--resume"], data_root, tmp_path / "killed")
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
+    assert (watch.parent / "pretrain.pt").stat().st_mtime < killed_at   # not run again
     assert _result(tmp_path / "killed") == _result(tmp_path / "straight")
     for phase in ("pretrain", "finetune-backprop", "finetune-adjoint", "finetune-frozen"):
         a = torch.load(tmp_path / "straight" / "checkpoints" / marker / f"{phase}.pt",
@@ -229,3 +239,17 @@ def test_torchrun_with_a_worker_killed_ends_as_an_uninterrupted_run(data_root, t
         b = torch.load(tmp_path / "killed" / "checkpoints" / marker / f"{phase}.pt",
                        weights_only=True)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), phase
+
+
+def test_an_elastic_restart_resumes_by_itself(monkeypatch, tmp_path):
+    """torchrun --max-restarts restarts workers with TORCHELASTIC_RESTART_COUNT > 0: the
+    command line then resumes without --resume."""
+    from resode_tut.experiments import ch06
+    seen = []
+    monkeypatch.setattr(ch06, "train_or_load", lambda *a: seen.append(a[-1]) or 1 / 0)
+    for count, expected in (("0", False), ("1", True)):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", count)
+        with pytest.raises(ZeroDivisionError):
+            ch06.main(["--config", "smoke", "--device", "cpu", "--out", str(tmp_path),
+                       "--checkpoints", str(tmp_path / "c")])
+        assert seen[-1] is expected
