@@ -26,7 +26,8 @@ from ..cifar_resnet import CifarResNet
 from .cifar_training import METHODS, train
 from .plots import use_style
 
-__all__ = ["use_style", "StepCheck", "ddp_step_check", "ResumeCheck", "resume_check", "amp_check"]
+__all__ = ["use_style", "StepCheck", "ddp_step_check", "ResumeCheck", "resume_check",
+           "amp_check", "plot"]
 
 
 def _model(depth: int, channels: int, dtype) -> CifarResNet:
@@ -276,3 +277,43 @@ def amp_check(depth: int = 16, channels: int = 16, batch: int = 32,
             "amp_adjoint": err(g["adjoint", True], g["adjoint", False]),
             "adjoint_float32": err(g["adjoint", False], g["backprop", False]),
             "adjoint_amp": err(g["adjoint", True], g["backprop", True])}
+
+
+def plot(steps: dict, no_ddp: StepCheck, amp: dict):
+    """The page's figure: left, the DDP step check (log scale); right, how much bf16
+    autocast moves each method's gradient, beside the adjoint's own error.
+
+    Parameters
+    ----------
+    steps : dict of str to StepCheck
+        :func:`ddp_step_check` per method.
+    no_ddp : StepCheck
+        The same check without DDP (must fail).
+    amp : dict
+        :func:`amp_check`'s result.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = [*steps, "adjoint,\nno DDP"]
+    values = [c.vs_one_process for c in steps.values()] + [no_ddp.vs_one_process]
+    colours = ["tab:blue", "tab:orange", "tab:red"]
+    left.bar(labels, [max(v, 1e-18) for v in values], color=colours)
+    left.axhline(no_ddp.moved, color="k", ls="--", lw=1, label="size of the step")
+    left.axhline(2.2e-16, color="grey", ls=":", lw=1, label="float64 rounding")
+    left.set_yscale("log")
+    left.set_ylim(1e-18, 1)
+    left.set_ylabel("2 processes vs 1: largest\nparameter difference (relative)")
+    left.legend(loc="center left")
+    keys = [("amp_backprop", "autocast vs float32:\nbackprop"),
+            ("amp_adjoint", "autocast vs float32:\nadjoint"),
+            ("adjoint_float32", "adjoint vs backprop:\nfloat32"),
+            ("adjoint_amp", "adjoint vs backprop:\nbf16 autocast")]
+    right.barh([label for _, label in keys][::-1], [100 * amp[k] for k, _ in keys][::-1],
+               color=["tab:blue", "tab:orange", "tab:grey", "tab:purple"][::-1])
+    right.set_xlabel("relative gradient difference (%)")
+    fig.tight_layout()
+    return fig
