@@ -134,31 +134,60 @@ class StepSizeAdapter:
 
 
 class ToleranceAdapter:
-    """Tolerance adaptation for an adaptive training solver (the paper's preliminary
-    variant): start at ``tol``, compare with ``test_method`` at ``tol / 10`` every
-    ``every`` iterations, halve ``tol`` when the batch accuracies differ by more than
-    ``threshold``, else try ``1.1 tol``.
+    """Tolerance adaptation for an adaptive training solver, as the paper's code does it
+    (the paper calls it preliminary).
+
+    Every ``every`` iterations, on the current batch: the accuracy with the training
+    solver at ``tol`` is compared with ``test_method`` at ``tol / test_factor``, the
+    test tolerance lowered by further factors ``test_factor`` until the test solver
+    takes more field evaluations than the training solver (a test as cheap as the
+    training solve would check nothing).  A gap above ``threshold`` halves ``tol``;
+    otherwise ``1.1 tol`` is tried and kept if the training solver there still agrees
+    with the test.  While the training solver's evaluation count has been the same
+    for the last ``patience`` iterations, ``tol`` is left unchanged (its steps do
+    not depend on it there).
 
     Parameters
     ----------
     method : str
         The adaptive training solver (``"fehlberg2"`` or ``"dopri5"``).
     tol : float
-        Initial ``rtol = atol``.
+        Initial ``rtol = atol`` (the paper's code: 1e-6).
     test_method : str
         The more accurate solver the training solver is checked against.
     threshold : float
         Largest tolerated batch-accuracy gap (fraction).
     every : int
         Iterations between checks.
+    test_factor : float
+        The test tolerance starts at ``tol / test_factor`` and is divided by it
+        until the test takes more evaluations than training.
+    min_test_tol : float
+        The test tolerance is never lowered below this.
+    patience : int
+        Iterations of constant training evaluation count that freeze ``tol``.
+
+    Attributes
+    ----------
+    tol : float
+        The current tolerance.
+    log : list of dict
+        One entry per check: ``tol``, ``test_tol``, both accuracies and evaluation
+        counts, and the action (``"halve"``, ``"keep"``, ``"grow"`` or ``"frozen"``).
     """
 
     def __init__(self, method: str = "fehlberg2", tol: float = 1e-6,
-                 test_method: str = "dopri5", threshold: float = 0.1, every: int = 50):
+                 test_method: str = "dopri5", threshold: float = 0.1, every: int = 50,
+                 test_factor: float = 5.0, min_test_tol: float = 1e-12, patience: int = 5):
         Solver(method, tol=tol), Solver(test_method, tol=tol)  # validate
+        if test_factor <= 1 or min_test_tol <= 0 or patience < 1:
+            raise ValueError(f"need test_factor > 1, min_test_tol > 0 and patience >= 1, "
+                             f"got {test_factor}, {min_test_tol}, {patience}")
         self.method, self.tol, self.test_method = method, tol, test_method
         self.threshold, self.every = threshold, every
+        self.test_factor, self.min_test_tol, self.patience = test_factor, min_test_tol, patience
         self.log = []
+        self._train_nfe = []
 
     def start(self, model: NeuralODE, x: torch.Tensor) -> None:
         """Set ``model.solver`` to the training method at the initial tolerance.
@@ -170,6 +199,23 @@ class ToleranceAdapter:
             The first batch (unused: the tolerance does not depend on it).
         """
         model.solver = Solver(self.method, tol=self.tol)
+        self._train_nfe = []
+
+    def observe(self, nfe: int) -> None:
+        """Record one training iteration's field evaluations (called by
+        :func:`resode_tut.train_node` every iteration).
+
+        Parameters
+        ----------
+        nfe : int
+            Evaluations of the training iteration's forward pass.
+        """
+        self._train_nfe = (self._train_nfe + [int(nfe)])[-self.patience:]
+
+    def _accuracy_and_nfe(self, model, x, y, solver):
+        before = model.field.nfe
+        acc = model.accuracy(x, y, solver)
+        return acc, model.field.nfe - before
 
     def update(self, model: NeuralODE, x: torch.Tensor, y: torch.Tensor) -> None:
         """Check the current tolerance on the batch ``(x, y)`` and adapt it.
@@ -180,11 +226,31 @@ class ToleranceAdapter:
             Its ``solver`` is replaced by the adapted one.
         x : torch.Tensor, shape (B, ...)
         y : torch.Tensor, shape (B,)
+            Class indices.
         """
         tol = self.tol
-        action, acc_train, acc_test = _halve_keep_or_grow(
-            model, x, y, Solver(self.method, tol=tol), Solver(self.test_method, tol=tol / 10),
-            Solver(self.method, tol=1.1 * tol), self.threshold)
-        self.log.append(dict(tol=tol, acc_train=acc_train, acc_test=acc_test, action=action))
-        self.tol = {"halve": tol / 2, "keep": tol, "grow": 1.1 * tol}[action]
+        entry = dict(tol=tol)
+        if len(self._train_nfe) == self.patience and len(set(self._train_nfe)) == 1:
+            entry.update(action="frozen")
+        else:
+            train = Solver(self.method, tol=tol)
+            acc_train, nfe_train = self._accuracy_and_nfe(model, x, y, train)
+            test_tol = tol / self.test_factor
+            acc_test, nfe_test = self._accuracy_and_nfe(
+                model, x, y, Solver(self.test_method, tol=test_tol))
+            while nfe_test <= nfe_train and test_tol / self.test_factor >= self.min_test_tol:
+                test_tol /= self.test_factor
+                acc_test, nfe_test = self._accuracy_and_nfe(
+                    model, x, y, Solver(self.test_method, tol=test_tol))
+            if abs(acc_train - acc_test) > self.threshold:
+                action = "halve"
+            elif abs(acc_test - model.accuracy(x, y, Solver(self.method, tol=1.1 * tol))) \
+                    > self.threshold:
+                action = "keep"
+            else:
+                action = "grow"
+            entry.update(test_tol=test_tol, acc_train=acc_train, acc_test=acc_test,
+                         nfe_train=nfe_train, nfe_test=nfe_test, action=action)
+            self.tol = {"halve": tol / 2, "keep": tol, "grow": 1.1 * tol}[action]
+        self.log.append(entry)
         model.solver = Solver(self.method, tol=self.tol)

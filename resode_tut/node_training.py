@@ -59,7 +59,8 @@ def train_node(model: NeuralODE, data, iterations: int, lr: float = 3e-3,
         Seeds the batches, which are drawn with replacement.
     adapter : StepSizeAdapter or ToleranceAdapter, optional
         Called every ``adapter.every`` iterations, before the optimizer step,
-        on the current batch.
+        on the current batch; its ``observe(nfe)``, if it has one, after every
+        iteration's forward pass.
     log_every : int
         Iterations between entries of the history.
     progress : bool
@@ -79,13 +80,17 @@ def train_node(model: NeuralODE, data, iterations: int, lr: float = 3e-3,
     for it in progress_bar(range(1, iterations + 1), "iterations", enabled=progress):
         idx = torch.randint(len(x_train), (batch_size,), generator=gen)
         xb, yb = x_train[idx], y_train[idx]
+        nfe_before = model.field.nfe
         loss = nn.functional.cross_entropy(model(xb), yb)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at iteration "
                                      f"{it} with solver {model.solver}: lower lr")
+        forward_nfe = model.field.nfe
         opt.zero_grad()
         loss.backward()
         train_nfe = model.field.nfe
+        if adapter is not None and hasattr(adapter, "observe"):
+            adapter.observe(forward_nfe - nfe_before)
         if adapter is not None and it % adapter.every == 0:
             adapter.update(model, xb, yb)
         model.field.nfe = train_nfe  # adaptation's test solves are not training cost

@@ -9,6 +9,7 @@ from resode_tut import (
     Solver,
     SphereField,
     StepSizeAdapter,
+    ToleranceAdapter,
     initial_step_size,
     ode_regime,
     train_node,
@@ -47,3 +48,65 @@ def test_coarse_model_fails_the_regime_check_and_adapter_reacts():
     assert (adapter.step_size == 1 / 4) == (gap > 0)
     with pytest.raises(ValueError, match="readout"):
         ode_regime(model.field, data[2], data[3])
+
+
+def _small_model():
+    torch.manual_seed(1)
+    return NeuralODE(SphereField(8), (2,), 2, Solver("fehlberg2", tol=1e-2))
+
+
+def test_the_tolerance_test_is_made_more_accurate_than_training():
+    """The paper's code: test at tol/factor, lowered by the factor until the test solver
+    takes more evaluations than the training solver (here dopri5 against itself, with a
+    small factor, so the first candidate is as cheap as training)."""
+    data = load_task("spheres2d")
+    x, y = data[0][:128], data[1][:128]
+    model = _small_model()
+    model.field.nfe = 0
+    model.accuracy(x, y, Solver("dopri5", tol=1e-2))
+    train_cost = model.field.nfe
+    model.field.nfe = 0
+    model.accuracy(x, y, Solver("dopri5", tol=1e-2 / 1.2))
+    assert model.field.nfe <= train_cost            # the first candidate checks nothing
+    adapter = ToleranceAdapter("dopri5", tol=1e-2, test_method="dopri5", test_factor=1.2)
+    adapter.start(model, x)
+    adapter.update(model, x, y)
+    entry = adapter.log[-1]
+    assert entry["nfe_train"] == train_cost
+    assert entry["nfe_test"] > entry["nfe_train"] and entry["test_tol"] < 1e-2 / 1.2
+
+
+def test_the_tolerance_halves_grows_or_freezes_by_the_rules():
+    data = load_task("spheres2d")
+    x, y = data[0][:128], data[1][:128]
+    model = _small_model()
+    halving = ToleranceAdapter(tol=1e-3, threshold=-1.0)     # every gap is too large
+    halving.start(model, x)
+    halving.update(model, x, y)
+    assert halving.tol == 1e-3 / 2 and halving.log[-1]["action"] == "halve"
+    assert model.solver == Solver("fehlberg2", tol=1e-3 / 2)
+    growing = ToleranceAdapter(tol=1e-3, threshold=2.0)      # no gap is too large
+    growing.start(model, x)
+    growing.update(model, x, y)
+    assert growing.tol == pytest.approx(1.1e-3) and growing.log[-1]["action"] == "grow"
+    frozen = ToleranceAdapter(tol=1e-3, threshold=-1.0, patience=5)
+    frozen.start(model, x)
+    for _ in range(5):
+        frozen.observe(14)                                   # the same count 5 times
+    frozen.update(model, x, y)
+    assert frozen.tol == 1e-3 and frozen.log[-1]["action"] == "frozen"
+    frozen.observe(20)                                       # it changed: checks resume
+    frozen.update(model, x, y)
+    assert frozen.log[-1]["action"] == "halve"
+
+
+def test_train_node_reports_each_iterations_evaluations_to_the_adapter():
+    data = load_task("spheres2d")
+    model = _small_model()
+    adapter = ToleranceAdapter(tol=1e-3, every=1000, patience=3)
+    seen = []
+    adapter.observe = lambda nfe: seen.append(nfe)
+    train_node(model, data, iterations=4, batch_size=32, adapter=adapter)
+    assert len(seen) == 4 and all(n >= 2 for n in seen)
+    with pytest.raises(ValueError, match="test_factor"):
+        ToleranceAdapter(test_factor=1.0)
