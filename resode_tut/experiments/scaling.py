@@ -170,7 +170,7 @@ class ResumeCheck:
 
 def resume_check(train_data, test_data, method: str = "adjoint", epochs: int = 3,
                  interrupted_in: int = 2, depth: int = 4, channels: int = 8,
-                 checkpoint_dir=None) -> ResumeCheck:
+                 amp: str | None = None, checkpoint_dir=None) -> ResumeCheck:
     """Train twice from the same start: once straight through, once interrupted in
     epoch ``interrupted_in`` (after the previous epoch's checkpoint, before its own)
     and resumed by a fresh model from the checkpoint.
@@ -188,6 +188,8 @@ def resume_check(train_data, test_data, method: str = "adjoint", epochs: int = 3
         Depth of the (untied) :class:`CifarResNet`.
     channels : int
         Its width.
+    amp : {None, "bf16", "fp16"}
+        Mixed precision (fp16 checkpoints its gradient scaler too).
     checkpoint_dir : path, optional
         Where the checkpoints go (default: a temporary folder).
 
@@ -197,8 +199,8 @@ def resume_check(train_data, test_data, method: str = "adjoint", epochs: int = 3
     """
     if not 2 <= interrupted_in <= epochs:
         raise ValueError(f"need 2 <= interrupted_in <= epochs, got {interrupted_in}, {epochs}")
-    fit = dict(epochs=epochs, lr=0.05, method=method, batch=64, seed=1,
-               fingerprint=f"resume-check/{method}")
+    fit = dict(epochs=epochs, lr=0.05, method=method, batch=64, seed=1, amp=amp,
+               fingerprint=f"resume-check/{method}/{amp}")
 
     def fresh():
         return CifarResNet(depth, channels, seed=0)

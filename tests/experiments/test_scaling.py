@@ -69,12 +69,13 @@ def test_one_process_needs_no_process_group(monkeypatch):
 
 # -- checkpoints and resuming -------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["backprop", "adjoint"])
-def test_an_interrupted_training_resumed_from_its_checkpoint_ends_bit_for_bit(method,
+@pytest.mark.parametrize("method, amp", [("backprop", None), ("adjoint", None),
+                                         ("adjoint", "fp16")])
+def test_an_interrupted_training_resumed_from_its_checkpoint_ends_bit_for_bit(method, amp,
                                                                              data_root):
     tr = cifar10(data_root, train=True).subset(256, 0)
     te = cifar10(data_root, train=False).subset(128, 0)
-    check = scaling.resume_check(tr, te, method=method)
+    check = scaling.resume_check(tr, te, method=method, amp=amp)
     assert check.parameter_difference == 0.0 and check.same_history, check
 
 
