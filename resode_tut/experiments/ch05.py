@@ -2,8 +2,10 @@ r"""Chapter 5 (solver dependence, Ott et al., 2021): its experiments.
 
 :func:`solver_grid` -- the paper's protocol: train at several fixed steps, test each
 model with euler, midpoint and rk4 at ``h_train / k`` and at a fine reference step,
-in parallel worker processes; :func:`train_runs` -- several seeded trainings (with or
-without adaptation) in worker processes; :func:`load_task`, :func:`make_model` -- the
+in parallel worker processes; :func:`seed_grid` -- the same for Euler with several
+seeds per step, trained together (mean +- std, as the paper reports);
+:func:`train_runs` -- several seeded trainings (with or without adaptation) in
+worker processes; :func:`load_task`, :func:`make_model` -- the
 tasks and the paper's models; :func:`crossing_pairs` -- do 2-d trajectories cross?;
 :func:`windermere_fan` -- Lady Windermere's fan.  The training loop itself is the
 library's :func:`resode_tut.train_node`.
@@ -24,6 +26,7 @@ from .plots import use_style
 
 __all__ = ["use_style",
            "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
+           "SeedGrid", "seed_grid",
            "train_runs", "crossing_pairs", "windermere_fan"]
 
 TASKS = ("spheres2d", "spheres3d", "spheres10d", "digits")
@@ -160,14 +163,21 @@ def _train_and_test(job):
     model = make_model(task, train, seed=cfg["seed"])
     model.load_state_dict(state)
     x_test, y_test = load_task(task, seed=cfg["data_seed"])[2:]
+    return _test_grid(model, x_test, y_test, cfg), state
+
+
+def _test_grid(model, x_test, y_test, cfg) -> dict:
+    """Test accuracies of ``model`` (trained at a fixed step) on the grid of test solvers:
+    ``("own", 1)``, ``(method, k)`` at ``h_train / k``, ``(method, "ref")``.
+    """
     acc = {("own", 1): model.accuracy(x_test, y_test)}
-    h = train.step_size
+    h = model.solver.step_size
     for method in cfg["test_methods"]:
         for k in cfg["factors"]:
             acc[(method, k)] = model.accuracy(x_test, y_test, Solver(method, min(h / k, 1.0)))
         acc[(method, "ref")] = model.accuracy(x_test, y_test,
                                               Solver(method, cfg["reference_step"]))
-    return acc, state
+    return acc
 
 
 def solver_grid(task: str, train_solvers, iterations: int, lr: float = 3e-3,
@@ -228,6 +238,153 @@ def solver_grid(task: str, train_solvers, iterations: int, lr: float = 3e-3,
         models[s] = make_model(task, s, seed=seed)
         models[s].load_state_dict(state)
     return SolverGrid(task, train_solvers, accuracy, reference_step, seconds), models
+
+
+@dataclass
+class SeedGrid:
+    """Test accuracies of Euler models trained at several steps, several seeds each
+    (Ott et al. (2021) report mean +- std over five seeds).
+
+    Attributes
+    ----------
+    task : str
+    steps : list of float
+        Training steps ``h``.
+    seeds : list of int
+        Initial-weight and batch seeds; model ``i`` of every step has ``seeds[i]``.
+    accuracy : dict
+        ``accuracy[h][test]``: list of accuracies in [0, 1], one per seed; ``test`` as
+        in :class:`SolverGrid` (``("own", 1)``, ``(method, k)``, ``(method, "ref")``).
+    reference_step : float
+    iterations : int
+    lr : float
+    seconds : float
+        Wall time of the sweep.
+    """
+
+    task: str
+    steps: list
+    seeds: list
+    accuracy: dict
+    reference_step: float
+    iterations: int
+    lr: float
+    seconds: float = 0.0
+
+    def mean_std(self, h: float, test=("own", 1)) -> tuple[float, float]:
+        """Mean and standard deviation (points, %) over the seeds of one test.
+
+        Parameters
+        ----------
+        h : float
+            A training step of the grid.
+        test : tuple
+            A test key (default: the model's own solver).
+        """
+        values = 100 * np.asarray(self.accuracy[h][test])
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+    def gaps(self, h: float) -> list[float]:
+        """Per seed, the largest accuracy difference (points) between any two tests.
+
+        Parameters
+        ----------
+        h : float
+            A training step of the grid.
+        """
+        table = 100 * np.asarray(list(self.accuracy[h].values()))    # (tests, seeds)
+        return (table.max(0) - table.min(0)).tolist()
+
+    def critical_step(self, tol: float = 10.0):
+        """``(h_ok, h_fail)``: the largest training step from which on every finer step's
+        *mean* gap over the seeds is at most ``tol`` points, and the next larger grid
+        step (None where the grid does not bracket it).
+
+        Parameters
+        ----------
+        tol : float
+            Points (%).
+        """
+        steps = sorted(self.steps, reverse=True)
+        ok = [float(np.mean(self.gaps(h))) <= tol for h in steps]
+        for i, h in enumerate(steps):
+            if all(ok[i:]):
+                return h, (steps[i - 1] if i > 0 else None)
+        return None, steps[-1] if steps else None
+
+
+def _train_seeds(job):
+    task, h, seeds, cfg = job
+    from ..ensemble import train_euler_ensemble
+    data = load_task(task, seed=cfg["data_seed"])
+    models = [make_model(task, Solver("euler", h), seed=s) for s in seeds]
+    train_euler_ensemble(models, data, h, cfg["iterations"], lr=cfg["lr"],
+                         batch_size=cfg["batch_size"], seeds=seeds)
+    tests = [_test_grid(m, data[2], data[3], cfg) for m in models]
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    return {key: [t[key] for t in tests] for key in tests[0]}, states
+
+
+def seed_grid(task: str, steps, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
+              lr: float = 1e-4, batch_size: int = 128, data_seed: int = 0,
+              test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
+              reference_step: float = 1 / 256, processes: int | None = None):
+    """Train Euler models at each step in ``steps``, all ``seeds`` of a step together
+    (:func:`resode_tut.ensemble.train_euler_ensemble`), the steps in worker processes,
+    and test every model on the grid of :func:`solver_grid`.
+
+    Parameters
+    ----------
+    task : str
+        See :func:`load_task`.
+    steps : sequence of float
+        Training steps ``h = 1/N``.
+    seeds : sequence of int
+        Initial weights and batches, one model per seed (the paper: five).
+    iterations : int
+        Adam steps (the paper: 10,000 on the spheres).
+    lr : float
+        Adam's learning rate (the paper: 1e-4).
+    batch_size : int
+        Training batch per model.
+    data_seed : int
+        Seed of the data.
+    test_methods : sequence of str
+        Fixed-step methods to test with.
+    factors : sequence of float
+        Test steps ``h_train / k``.
+    reference_step : float
+        A step fine enough to stand for the exact flow.
+    processes : int, optional
+        Worker processes (default: all cores).
+
+    Returns
+    -------
+    (SeedGrid, models)
+        ``models[h]``: the trained :class:`NeuralODE` of each seed.
+    """
+    steps, seeds = list(steps), list(seeds)
+    if not steps or not seeds:
+        raise ValueError("seed_grid needs at least one step and one seed")
+    cfg = dict(iterations=iterations, lr=lr, batch_size=batch_size, data_seed=data_seed,
+               test_methods=tuple(test_methods), factors=tuple(factors),
+               reference_step=reference_step)
+    order = sorted(range(len(steps)), key=lambda i: steps[i])    # most steps first
+    t0 = time.perf_counter()
+    results = parallel_map(_train_seeds, [(task, steps[i], seeds, cfg) for i in order],
+                           processes)
+    seconds = time.perf_counter() - t0
+    accuracy, models = {}, {}
+    for i, (acc, states) in zip(order, results):
+        h = steps[i]
+        accuracy[h] = acc
+        models[h] = []
+        for s, state in zip(seeds, states):
+            model = make_model(task, Solver("euler", h), seed=s)
+            model.load_state_dict(state)
+            models[h].append(model)
+    return SeedGrid(task, steps, seeds, accuracy, reference_step, iterations, lr,
+                    seconds), models
 
 
 def _train_spec(spec):

@@ -59,3 +59,31 @@ def test_fan_starts_on_the_euler_points():
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="integer"):
         windermere_fan(model, x, 0.3)
+
+
+def test_seed_grid_trains_each_seed_as_it_would_alone_and_summarises_over_seeds():
+    """Seeds trained together (one worker per step) end as each seed trained alone;
+    mean, std, per-seed gaps and the critical step come from the per-seed tests."""
+    from resode_tut.experiments.ch05 import seed_grid
+    kw = dict(iterations=15, lr=1e-2, batch_size=32, factors=(1.0, 2.0),
+              test_methods=("euler", "rk4"), reference_step=1 / 32)
+    grid, models = seed_grid("spheres2d", [1 / 2, 1 / 8], seeds=[3, 4], processes=2, **kw)
+    alone, alone_models = seed_grid("spheres2d", [1 / 2], seeds=[4], processes=1, **kw)
+    for p, q in zip(models[1 / 2][1].parameters(), alone_models[1 / 2][0].parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+    assert grid.seeds == [3, 4] and len(models[1 / 8]) == 2
+    assert models[1 / 8][0].solver == Solver("euler", 1 / 8)
+    own = grid.accuracy[1 / 2][("own", 1)]
+    assert len(own) == 2 and abs(own[1] - alone.accuracy[1 / 2][("own", 1)][0]) <= 0.002
+    mean, std = grid.mean_std(1 / 2)
+    assert mean == pytest.approx(50 * (own[0] + own[1]))
+    assert std == pytest.approx(100 * abs(own[0] - own[1]) / 2 ** 0.5)
+    table = grid.accuracy[1 / 8]
+    for i, gap in enumerate(grid.gaps(1 / 8)):
+        values = [100 * v[i] for v in table.values()]
+        assert gap == pytest.approx(max(values) - min(values))
+    ok, fail = grid.critical_step(tol=100.0)
+    assert ok == 1 / 2 and fail is None          # every gap is within 100 points
+    assert grid.critical_step(tol=-1.0) == (None, 1 / 8)     # none is
+    with pytest.raises(ValueError, match="at least one"):
+        seed_grid("spheres2d", [], **kw)
