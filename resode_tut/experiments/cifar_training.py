@@ -162,7 +162,8 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
     hist = TrainHistory()
     first = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = ckpt.load(checkpoint, fingerprint, map_location=device)
+        # on the CPU: random states must stay CPU tensors; load_state_dict moves the rest
+        state = ckpt.load(checkpoint, fingerprint, map_location="cpu")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
