@@ -22,8 +22,9 @@ Neural ODEs and their solvers (Ott et al., 2021)
     :class:`Solver` -- one name for an ODE solver (method and step, or tolerances);
     :class:`NeuralODE`, :class:`SphereField`, :class:`ImageField` -- classifiers
     whose prediction may depend on the solver; :func:`train_node` -- their training
-    loop; :class:`StepSizeAdapter`, :class:`ToleranceAdapter` -- keep training in the
-    ODE regime; :func:`ode_regime` -- is a trained model an ODE?
+    loop; :func:`train_euler_ensemble` -- several seeds trained at once with Euler;
+    :class:`StepSizeAdapter`, :class:`ToleranceAdapter` -- keep training in the ODE
+    regime; :func:`ode_regime` -- is a trained model an ODE?
 
 Data sets, measurement, set-up
     :mod:`resode_tut.datasets` -- concentric spheres, XOR, digits, CIFAR-10;
@@ -41,6 +42,7 @@ from .adaptation import StepSizeAdapter, ToleranceAdapter, initial_step_size
 from .adjoint import ReconstructionError, ReconstructionWarning, reconstruct, reverse_step
 from .bounds import euler_distance_bound
 from .cifar_resnet import CifarResNet, ConvResidual, recalibrate_batchnorm, untie
+from .ensemble import train_euler_ensemble
 from .limit import LIMIT_SOLVER, InterpolatedField, ode_distance, solve_limit_ode
 from .memory import CudaPeak, SavedTensorsCounter
 from .node import ImageField, NeuralODE, SphereField
@@ -64,7 +66,8 @@ __all__ = [
     "WEIGHT_KINDS", "CifarResNet", "ConvResidual", "untie", "recalibrate_batchnorm",
     # Neural ODEs and their solvers
     "Solver", "SOLVERS", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "NeuralODE",
-    "SphereField", "ImageField", "train_node", "NodeHistory", "StepSizeAdapter",
+    "SphereField", "ImageField", "train_node", "NodeHistory", "train_euler_ensemble",
+    "StepSizeAdapter",
     "ToleranceAdapter", "initial_step_size", "ode_regime", "RegimeReport",
     # data, measurement, set-up
     "datasets", "SavedTensorsCounter", "CudaPeak", "loglog_slope", "setup", "Runtime",
