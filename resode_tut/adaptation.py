@@ -47,24 +47,17 @@ def initial_step_size(field, x: torch.Tensor, order: int = 1) -> float:
     return float(min(100 * h0, h1, 1.0))
 
 
-def _halve_keep_or_grow(model, x, y, train: Solver, test: Solver, grown: Solver,
-                        threshold: float):
-    """The paper's check on a batch: ``"halve"`` when the training solver and the test
-    solver disagree by more than ``threshold``, else ``"grow"`` when the ``grown``
-    (cheaper) solver still agrees with the test solver, else ``"keep"``.
-
-    Returns
-    -------
-    (action, acc_train, acc_test)
+def _halve_keep_or_grow(model, x, y, acc_train: float, acc_test: float, grown: Solver,
+                        threshold: float) -> str:
+    """The paper's check on a batch, given the accuracies with the training and the test
+    solver: ``"halve"`` when they differ by more than ``threshold``, else ``"grow"``
+    when the ``grown`` (cheaper) solver still agrees with the test solver, else ``"keep"``.
     """
-    acc_train, acc_test = model.accuracy(x, y, train), model.accuracy(x, y, test)
     if abs(acc_train - acc_test) > threshold:
-        action = "halve"
-    elif abs(acc_test - model.accuracy(x, y, grown)) > threshold:
-        action = "keep"
-    else:
-        action = "grow"
-    return action, acc_train, acc_test
+        return "halve"
+    if abs(acc_test - model.accuracy(x, y, grown)) > threshold:
+        return "keep"
+    return "grow"
 
 
 class StepSizeAdapter:
@@ -123,9 +116,10 @@ class StepSizeAdapter:
         """
         h = self.step_size
         grown = min(1.1 * h, 1.0)
-        action, acc_train, acc_test = _halve_keep_or_grow(
-            model, x, y, Solver("euler", h), self.test_solver(h), Solver("euler", grown),
-            self.threshold)
+        acc_train = model.accuracy(x, y, Solver("euler", h))
+        acc_test = model.accuracy(x, y, self.test_solver(h))
+        action = _halve_keep_or_grow(model, x, y, acc_train, acc_test, Solver("euler", grown),
+                                     self.threshold)
         self.log.append(dict(step_size=h, acc_train=acc_train, acc_test=acc_test,
                              action=action))
         self.step_size = {"halve": max(h / 2, 1 / self.max_steps), "keep": h,
@@ -242,13 +236,8 @@ class ToleranceAdapter:
                 test_tol /= self.test_factor
                 acc_test, nfe_test = self._accuracy_and_nfe(
                     model, x, y, Solver(self.test_method, tol=test_tol))
-            if abs(acc_train - acc_test) > self.threshold:
-                action = "halve"
-            elif abs(acc_test - model.accuracy(x, y, Solver(self.method, tol=1.1 * tol))) \
-                    > self.threshold:
-                action = "keep"
-            else:
-                action = "grow"
+            action = _halve_keep_or_grow(model, x, y, acc_train, acc_test,
+                                         Solver(self.method, tol=1.1 * tol), self.threshold)
             entry.update(test_tol=test_tol, acc_train=acc_train, acc_test=acc_test,
                          nfe_train=nfe_train, nfe_test=nfe_test, action=action)
             self.tol = {"halve": tol / 2, "keep": tol, "grow": 1.1 * tol}[action]

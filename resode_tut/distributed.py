@@ -177,7 +177,8 @@ def wrap(model: nn.Module, device: str | torch.device,
         if device.type != "cuda":
             raise ValueError("SyncBatchNorm needs CUDA devices (torch has no CPU version): "
                              "drop --sync-bn on the CPU")
-        for name, child in list(model.named_children()):
-            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        if isinstance(model, nn.modules.batchnorm._BatchNorm):
+            raise ValueError("wrap a network that contains BatchNorm layers, not a BatchNorm")
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)   # replaces the layers in model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)

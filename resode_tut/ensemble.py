@@ -31,6 +31,7 @@ from torch.func import stack_module_state
 from .node import NeuralODE
 from .node_training import NodeHistory
 from .progress import progress as progress_bar
+from .solvers import Solver
 
 __all__ = ["euler_logits", "train_euler_ensemble"]
 
@@ -43,54 +44,61 @@ def _num_steps(step_size: float) -> int:
     return steps
 
 
-def _layers(field: nn.Module, params: dict):
-    """``(layer, weight, bias)`` for each layer of ``field.net`` (None for ReLU), checked."""
+def _stacked_layers(field: nn.Module, params: dict) -> list:
+    """The field's layers for all ``K`` models at once, checked and with the weights
+    reshaped once per forward pass (not once per Euler step).
+
+    Images (Conv2d fields): ``("conv2d", weight, bias, padding)`` for one grouped
+    convolution, group ``k`` holding model ``k``'s weights (a reshape of the stack).
+    Points (Conv1d fields): ``("bmm", weight, bias, kernel, padding)``, a batched matrix
+    product over the models with the weight as (K, kernel C_in, C_out).  ``("relu",)``.
+    """
     out = []
     for name, layer in field.net.named_children():
         if isinstance(layer, nn.ReLU):
-            out.append((layer, None, None))
+            out.append(("relu",))
             continue
         if not isinstance(layer, (nn.Conv1d, nn.Conv2d)) or layer.groups != 1 or any(
                 s != 1 for s in layer.stride) or any(d != 1 for d in layer.dilation) or \
                 layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             raise ValueError(f"the ensemble trainer runs fields made of ReLU and plain "
                              f"Conv1d/Conv2d layers (SphereField, ImageField), not {layer}")
-        out.append((layer, params[f"field.net.{name}.weight"], params[f"field.net.{name}.bias"]))
+        w, b = params[f"field.net.{name}.weight"], params[f"field.net.{name}.bias"]
+        if isinstance(layer, nn.Conv2d):
+            out.append(("conv2d", w.flatten(0, 1), b.flatten(), layer.padding))
+        else:                                         # (K, C_out, C_in, kw) -> (K, kw C_in, C_out)
+            out.append(("bmm", w.permute(0, 3, 2, 1).reshape(w.shape[0], -1, w.shape[1]),
+                        b.unsqueeze(1), w.shape[3], layer.padding[0]))
     return out
 
 
-def _stacked_field(field: nn.Module, params: dict, z: torch.Tensor) -> torch.Tensor:
+def _stacked_field(layers: list, z: torch.Tensor) -> torch.Tensor:
     """``f_k(z_k)`` for every model ``k`` at once, ``z``: (K, B, *state).
 
-    Images (Conv2d fields): the ``K`` models' convolutions are one grouped
-    convolution, group ``k`` holding model ``k``'s weights (a reshape of the stack).
-    Points (Conv1d fields, state (K, B, d): one channel on d positions): each
-    convolution is a batched matrix product over the models, channels last, after
-    stacking each position's zero-padded neighbourhood along the channels; on
-    these tiny layers the grouped convolution took 3-4x longer on a CPU, while on
-    the images the batched product did.
+    Images: one grouped convolution per layer.  Points (state (K, B, d): one channel on
+    d positions): channels last, each position's zero-padded neighbourhood stacked along
+    the channels, then a batched matrix product; on these tiny layers the grouped
+    convolution took 3-4x longer on a CPU, while on the images the batched product did.
     """
-    layers = _layers(field, params)
     K, B = z.shape[:2]
-    if any(isinstance(layer, nn.Conv2d) for layer, _, _ in layers):
+    if any(layer[0] == "conv2d" for layer in layers):
         u = z.transpose(0, 1).reshape(B, K * z.shape[2], *z.shape[3:])
-        for layer, w, b in layers:
-            u = torch.relu(u) if w is None else nn.functional.conv2d(
-                u, w.flatten(0, 1), b.flatten(), padding=layer.padding, groups=K)
+        for layer in layers:
+            u = torch.relu(u) if layer[0] == "relu" else nn.functional.conv2d(
+                u, layer[1], layer[2], padding=layer[3], groups=K)
         return u.reshape(B, K, *z.shape[2:]).transpose(0, 1)
     u = z.unsqueeze(-1)                                             # (K, B, d, C = 1)
     d = z.shape[2]
-    for layer, w, b in layers:
-        if w is None:
+    for layer in layers:
+        if layer[0] == "relu":
             u = torch.relu(u)
             continue
-        kw, pad = w.shape[3], layer.padding[0]
+        _, wt, b, kw, pad = layer
         if kw != 1:
             padded = nn.functional.pad(u, (0, 0, pad, pad))
             d = d + 2 * pad - kw + 1
             u = torch.cat([padded[:, :, j:j + d] for j in range(kw)], dim=-1)
-        wt = w.permute(0, 3, 2, 1).reshape(K, -1, w.shape[1])       # (K, kw C_in, C_out)
-        u = torch.baddbmm(b.unsqueeze(1), u.reshape(K, -1, wt.shape[1]), wt).view(K, B, d, -1)
+        u = torch.baddbmm(b, u.reshape(K, -1, wt.shape[1]), wt).view(K, B, d, -1)
     return u.squeeze(-1)
 
 
@@ -115,9 +123,10 @@ def euler_logits(model: NeuralODE, params: dict, x: torch.Tensor, steps: int) ->
     torch.Tensor, shape (K, B, num_classes)
     """
     h = 1.0 / steps
+    layers = _stacked_layers(model.field, params)
     z = x
     for _ in range(steps):
-        z = z + h * _stacked_field(model.field, params, z)
+        z = z + h * _stacked_field(layers, z)
     w, b = params["head.weight"], params["head.bias"]          # (K, C, D), (K, C)
     return torch.baddbmm(b.unsqueeze(1), z.flatten(2), w.transpose(1, 2))
 
@@ -157,7 +166,6 @@ def train_euler_ensemble(models, data, step_size: float, iterations: int, lr: fl
         One per model (``nfe``: ``N`` field evaluations forward, as counted for
         one model; the backward's are not field calls here).
     """
-    from .solvers import Solver
     models = list(models)
     if not models:
         raise ValueError("models is empty: pass at least one NeuralODE")

@@ -348,15 +348,15 @@ def seed_grid(task: str, steps, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
     batch_size : int
         Training batch per model.
     data_seed : int
-        Seed of the data.
+        As for :func:`solver_grid`.
     test_methods : sequence of str
-        Fixed-step methods to test with.
+        As for :func:`solver_grid`.
     factors : sequence of float
-        Test steps ``h_train / k``.
+        As for :func:`solver_grid`.
     reference_step : float
-        A step fine enough to stand for the exact flow.
+        As for :func:`solver_grid`.
     processes : int, optional
-        Worker processes (default: all cores).
+        As for :func:`solver_grid`.
 
     Returns
     -------

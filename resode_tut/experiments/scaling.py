@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import distributed
 from ..cifar_resnet import CifarResNet
-from .cifar_training import METHODS, train
+from .cifar_training import AMP_DTYPES, METHODS, accuracy, train
 from .plots import use_style
 
 __all__ = ["use_style", "StepCheck", "ddp_step_check", "ResumeCheck", "resume_check",
@@ -215,7 +215,6 @@ def resume_check(train_data, test_data, method: str = "adjoint", epochs: int = 3
             done.append(1)
             if len(done) == interrupted_in:
                 raise _Interrupted
-            from .cifar_training import accuracy
             return accuracy(model, test_data)
 
         try:
@@ -259,7 +258,6 @@ def amp_check(depth: int = 16, channels: int = 16, batch: int = 32,
         ``"adjoint_float32"`` and ``"adjoint_amp"`` (the adjoint against backprop,
         both in float32, and both under autocast).
     """
-    from .cifar_training import AMP_DTYPES
     dtype = AMP_DTYPES[amp]
     model = CifarResNet(depth, channels, zero_init=False, seed=0).train()
     x, y = _batch(batch, torch.float32, seed=1)
