@@ -15,14 +15,18 @@ The forward pass is the chapter's own Euler step, written out::
     z_{n+1} = z_n + h f(z_n),   n = 0 ... 1/h - 1,   logits = head(z_N)
 
 which is what ``torchdiffeq.odeint(..., method="euler", step_size=h)`` computes
-(tested), without its per-step bookkeeping.  Each model draws its batches from
-its own seeded generator exactly as :func:`resode_tut.train_node` does, so model
-``k`` sees the batches a lone ``train_node(seed=seeds[k])`` would see, and ends
-with the same weights up to floating-point rounding (tested).
+(tested), without its per-step bookkeeping: the same grid of steps (:func:`euler_grid`;
+``h`` need not divide 1, the last step is then shorter), so the models may each have
+their own step.  That is what step-size adaptation needs: with one
+:class:`~resode_tut.StepSizeAdapter` per model, each model's step is checked and
+adapted as :func:`resode_tut.train_node` would, while the models train together (a
+model with fewer steps than another idles, ``dt = 0``, for the rest).  Each model
+draws its batches from its own seeded generator exactly as
+:func:`resode_tut.train_node` does, so model ``k`` sees the batches a lone
+``train_node(seed=seeds[k])`` would see, and ends with the same weights up to
+floating-point rounding (tested).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -33,15 +37,43 @@ from .node_training import NodeHistory
 from .progress import progress as progress_bar
 from .solvers import Solver
 
-__all__ = ["euler_logits", "train_euler_ensemble"]
+__all__ = ["euler_grid", "euler_logits", "train_euler_ensemble"]
 
 
-def _num_steps(step_size: float) -> int:
-    steps = round(1 / step_size)
-    if not (0 < step_size <= 1) or not math.isclose(steps * step_size, 1.0, rel_tol=1e-9):
-        raise ValueError(f"step size {step_size!r} does not divide [0, 1] into whole steps: "
-                         "use h = 1/N for an integer N >= 1")
-    return steps
+def euler_grid(step_size: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The steps ``dt_n`` that torchdiffeq's fixed-grid Euler takes on [0, 1].
+
+    The grid is ``0, h, 2h, ...`` up to the first point at or past 1, which is replaced
+    by 1 (torchdiffeq's construction, in the dtype of the time points).
+
+    Parameters
+    ----------
+    step_size : float
+        ``h`` in (0, 1].
+    dtype : torch.dtype
+        The dtype of the time points (torchdiffeq takes the state's).
+
+    Returns
+    -------
+    torch.Tensor, shape (N,)
+        ``N = 1/h`` steps of ``h`` when ``1/h`` is an integer, else ``ceil(1/h)`` steps,
+        the last one shorter.
+    """
+    Solver("euler", step_size)          # names a step outside (0, 1]
+    t = torch.tensor([0.0, 1.0], dtype=dtype)
+    niters = int(torch.ceil((t[1] - t[0]) / step_size + 1).item())
+    grid = torch.arange(0, niters, dtype=dtype) * step_size + t[0]
+    grid[-1] = t[-1]
+    return grid.diff()
+
+
+def _grids(step_sizes, dtype) -> torch.Tensor:
+    """Per-model Euler steps, (K, N_max), zero-padded: a model with fewer steps idles."""
+    grids = [euler_grid(h, dtype) for h in step_sizes]
+    out = torch.zeros(len(grids), max(len(g) for g in grids), dtype=dtype)
+    for k, g in enumerate(grids):
+        out[k, :len(g)] = g
+    return out
 
 
 def _stacked_layers(field: nn.Module, params: dict) -> list:
@@ -102,8 +134,8 @@ def _stacked_field(layers: list, z: torch.Tensor) -> torch.Tensor:
     return u.squeeze(-1)
 
 
-def euler_logits(model: NeuralODE, params: dict, x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Logits of ``K`` models with stacked weights, Euler with ``steps`` steps on [0, 1].
+def euler_logits(model: NeuralODE, params: dict, x: torch.Tensor, steps) -> torch.Tensor:
+    """Logits of ``K`` models with stacked weights, Euler on [0, 1].
 
     Parameters
     ----------
@@ -115,37 +147,43 @@ def euler_logits(model: NeuralODE, params: dict, x: torch.Tensor, steps: int) ->
         (:func:`torch.func.stack_module_state`).
     x : torch.Tensor, shape (K, B, *state_shape)
         Initial states, one batch per model.
-    steps : int
-        ``N = 1/h``.
+    steps : int or torch.Tensor
+        ``N = 1/h``, the same for every model; or each model's steps ``dt``, shape
+        (K, N_max), zero after a model's last step (as :func:`euler_grid` gives them).
 
     Returns
     -------
     torch.Tensor, shape (K, B, num_classes)
     """
-    h = 1.0 / steps
+    if not isinstance(steps, torch.Tensor):
+        steps = euler_grid(1 / steps, x.dtype).expand(x.shape[0], -1)
+    if steps.ndim != 2 or steps.shape[0] != x.shape[0]:
+        raise ValueError(f"steps of shape {tuple(steps.shape)}: expected (K = {x.shape[0]}, "
+                         "N_max)")
     layers = _stacked_layers(model.field, params)
+    dts = steps.to(x.dtype).T.reshape(steps.shape[1], -1, *[1] * (x.ndim - 1))
     z = x
-    for _ in range(steps):
-        z = z + h * _stacked_field(layers, z)
+    for dt in dts:                                  # (K, 1, ...): one step of each model
+        z = z + dt * _stacked_field(layers, z)
     w, b = params["head.weight"], params["head.bias"]          # (K, C, D), (K, C)
     return torch.baddbmm(b.unsqueeze(1), z.flatten(2), w.transpose(1, 2))
 
 
-def train_euler_ensemble(models, data, step_size: float, iterations: int, lr: float = 1e-4,
-                         batch_size: int = 128, seeds=None, log_every: int = 50,
+def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1e-4,
+                         batch_size: int = 128, seeds=None, adapters=None, log_every: int = 50,
                          progress: bool = False) -> list[NodeHistory]:
     """Train ``K`` Neural ODEs of one architecture together: Adam on cross-entropy,
-    gradients by backpropagation through Euler at ``step_size``.
+    gradients by backpropagation through Euler, each model at its own step.
 
     Parameters
     ----------
     models : sequence of NeuralODE
         Same architecture, different initial weights (e.g. seeds); trained in
-        place, and each one's ``solver`` set to ``Solver("euler", step_size)``.
+        place, and each one's ``solver`` set to its final Euler solver.
     data : tuple
         ``(x_train, y_train, ...)``.
-    step_size : float
-        ``h = 1/N``.
+    step_size : float or sequence of float or None
+        ``h`` in (0, 1] for every model, or one per model; None with ``adapters``.
     iterations : int
         Optimizer steps.
     lr : float
@@ -155,6 +193,11 @@ def train_euler_ensemble(models, data, step_size: float, iterations: int, lr: fl
     seeds : sequence of int, optional
         Batch seeds, one per model (default ``0 ... K-1``); batches are drawn with
         replacement, as by :func:`resode_tut.train_node`.
+    adapters : sequence of StepSizeAdapter, optional
+        One per model: started on a first batch of the model's generator and
+        updated every ``adapter.every`` iterations on the model's current batch,
+        before the optimizer step, exactly as :func:`resode_tut.train_node` calls it;
+        the adapter's ``step_size`` is then the model's step.
     log_every : int
         Iterations between entries of each history.
     progress : bool
@@ -163,8 +206,8 @@ def train_euler_ensemble(models, data, step_size: float, iterations: int, lr: fl
     Returns
     -------
     list of NodeHistory
-        One per model (``nfe``: ``N`` field evaluations forward, as counted for
-        one model; the backward's are not field calls here).
+        One per model (``nfe``: the model's Euler steps per iteration, i.e. its
+        forward field evaluations; the backward's are not field calls here).
     """
     models = list(models)
     if not models:
@@ -178,39 +221,73 @@ def train_euler_ensemble(models, data, step_size: float, iterations: int, lr: fl
     seeds = list(range(len(models))) if seeds is None else list(seeds)
     if len(seeds) != len(models):
         raise ValueError(f"{len(seeds)} seeds for {len(models)} models: give one each")
-    steps = _num_steps(step_size)
+    if adapters is not None:
+        adapters = list(adapters)
+        if len(adapters) != len(models) or len({id(a) for a in adapters}) != len(adapters):
+            raise ValueError(f"{len(adapters)} adapters for {len(models)} models: give each "
+                             "model an adapter of its own")
+        if not all(hasattr(a, "step_size") and hasattr(a, "update") for a in adapters):
+            raise ValueError("the ensemble trains with Euler: its adapters must be "
+                             "StepSizeAdapters (adapt a tolerance with train_node)")
+        if step_size is not None:
+            raise ValueError("with adapters the step comes from them: pass step_size=None")
+    elif step_size is None:
+        raise ValueError("step_size is None: give a step (or adapters that choose it)")
     x_train, y_train = data[0], data[1]
-    params, _ = stack_module_state(models)          # (K, ...) leaves that require grad
     gens = [torch.Generator().manual_seed(s) for s in seeds]
+    if adapters is not None:
+        for a, m, g in zip(adapters, models, gens):
+            a.start(m, x_train[torch.randint(len(x_train), (batch_size,), generator=g)])
+        hs = [a.step_size for a in adapters]
+    else:
+        hs = ([float(step_size)] * len(models) if isinstance(step_size, (int, float))
+              else [float(h) for h in step_size])
+        if len(hs) != len(models):
+            raise ValueError(f"{len(hs)} step sizes for {len(models)} models: give one each")
+    grids = _grids(hs, x_train.dtype)
+    params, _ = stack_module_state(models)          # (K, ...) leaves that require grad
     opt = torch.optim.Adam(params.values(), lr=lr)
     classes = models[0].head.out_features
     hists = [NodeHistory() for _ in models]
-    window = []
+    window, nfe_window = [], []
     for it in progress_bar(range(1, iterations + 1), "iterations", enabled=progress):
         idx = torch.stack([torch.randint(len(x_train), (batch_size,), generator=g)
                            for g in gens])
-        logits = euler_logits(models[0], params, x_train[idx], steps)      # (K, B, C)
+        logits = euler_logits(models[0], params, x_train[idx], grids)     # (K, B, C)
         losses = nn.functional.cross_entropy(logits.reshape(-1, classes), y_train[idx].flatten(),
                                              reduction="none").view(len(models), -1).mean(1)
         if not torch.isfinite(losses).all():
             raise FloatingPointError(f"a training loss became non-finite at iteration {it} "
-                                     f"(h = {step_size}): lower lr")
+                                     f"(h = {hs}): lower lr")
         opt.zero_grad()
         losses.sum().backward()       # each model's loss reaches only its own slice
-        opt.step()
         window.append(losses.detach())
+        nfe_window.append((grids > 0).sum(1))
+        if adapters is not None and it % adapters[0].every == 0:
+            _copy_back(models, params)
+            for k, (a, m) in enumerate(zip(adapters, models)):
+                a.update(m, x_train[idx[k]], y_train[idx[k]])
+            hs = [a.step_size for a in adapters]
+            grids = _grids(hs, x_train.dtype)
+        opt.step()
         if it % log_every == 0 or it == iterations:
             mean = torch.stack(window).mean(0)
+            nfe = torch.stack(nfe_window).double().mean(0)
             for k, hist in enumerate(hists):
                 hist.iteration.append(it)
                 hist.loss.append(float(mean[k]))
-                hist.solver.append(Solver("euler", step_size))
-                hist.nfe.append(float(steps))
-            window = []
+                hist.solver.append(Solver("euler", hs[k]))
+                hist.nfe.append(float(nfe[k]))
+            window, nfe_window = [], []
+    _copy_back(models, params)
+    for m, h in zip(models, hs):
+        m.solver = Solver("euler", h)
+    return hists
+
+
+def _copy_back(models, params) -> None:
+    """Write each model's slice of the stacked weights into the model."""
     with torch.no_grad():
         for k, m in enumerate(models):
             for name, p in m.named_parameters():
                 p.copy_(params[name][k])
-            m.solver = Solver("euler", step_size)
-    return hists
-

@@ -1,0 +1,891 @@
+r"""Chapter 5's computations (solver dependence, Ott et al., 2021): tasks, models, grids
+of trained models, adapted runs, and Table 1 at the paper's scale.
+
+:func:`load_task`, :func:`make_model` -- the tasks and the paper's models;
+:func:`solver_grid` -- the paper's protocol: train at several fixed steps, test each
+model with euler, midpoint and rk4 at ``h_train / k`` and at a fine reference step;
+:func:`seed_grid` -- the same for Euler with several seeds per step, trained together
+(mean +- std, as the paper reports); :func:`adapted_seeds` -- step-size adaptation,
+several seeds trained together; :func:`train_runs` -- several seeded trainings in
+worker processes; :func:`table1` -- the paper's Table 1 (spheres 2-d) rerun at its
+settings, cached under a key of the configuration and of this code
+(``python -m resode_tut.experiments.solver_dependence``).  Chapter 5's presentation
+(crossings, the fan) lives in :mod:`resode_tut.experiments.ch05`, so that editing the
+chapter does not invalidate a cached Table 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..node import ImageField, NeuralODE, Solver, SphereField
+from ..node_training import train_node
+from ..parallel import parallel_map
+from . import cache
+
+__all__ = ["make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
+           "KEEPS", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "train_runs",
+           "Table1Config", "TABLE1_CONFIGS", "Table1", "table1", "load_table1", "table1_path",
+           "code_version", "main"]
+
+TASKS = ("spheres2d", "spheres3d", "spheres10d", "digits")
+TEST_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
+#: Points (%): a model *keeps its accuracy* -- is in the ODE regime -- when its test
+#: accuracies under all test solvers lie within this many points of each other (the
+#: default of :func:`resode_tut.ode_regime`).  Chapter 5 uses this one threshold for
+#: every such statement; the adapters' 0.1 is the paper's *batch* check during training.
+KEEPS = 3.0
+
+
+def _sphere_dim(task: str) -> int | None:
+    """``K`` for ``"spheresKd"``, else None."""
+    if task.startswith("spheres") and task.endswith("d") and task[7:-1].isdigit():
+        return int(task[7:-1])
+    return None
+
+
+def load_task(task: str, seed: int = 0):
+    """``(x_train, y_train, x_test, y_test)`` for a named task.
+
+    Parameters
+    ----------
+    task : str
+        ``"spheresKd"``: :func:`resode_tut.datasets.concentric_spheres`, 2,000 train
+        and 1,000 test points in ``R^K``; ``"digits"``: the sklearn digits as
+        (B, 1, 8, 8) images.
+    seed : int
+        Seed of the data (and of the digits' split).
+    """
+    from ..datasets.small import concentric_spheres, digits
+    dim = _sphere_dim(task)
+    if dim is not None:
+        x, y = concentric_spheres(2000, dim, seed=seed)
+        xt, yt = concentric_spheres(1000, dim, seed=seed + 10_000)
+        return x, y, xt, yt
+    if task == "digits":
+        x, y, xt, yt = digits(seed=seed)
+        return x.view(-1, 1, 8, 8), y, xt.view(-1, 1, 8, 8), yt
+    raise ValueError(f"unknown task {task!r}: choose one of {TASKS} (or spheresKd)")
+
+
+def make_model(task: str, solver: Solver, seed: int = 0) -> NeuralODE:
+    """The paper's model for ``task`` (seeded initial weights): Kaiming-normal
+    weights for the field's convolutions and the linear head, zero biases.
+
+    Parameters
+    ----------
+    task : str
+        See :func:`load_task`.
+    solver : Solver
+        The training solver.
+    seed : int
+        Seeds the initial weights.
+    """
+    torch.manual_seed(seed)
+    if task == "digits":
+        model = NeuralODE(ImageField(1, 16), (1, 8, 8), 10, solver)
+    else:
+        dim = _sphere_dim(task)
+        if dim is None:
+            raise ValueError(f"unknown task {task!r}: choose one of {TASKS} (or spheresKd)")
+        model = NeuralODE(SphereField(32), (dim,), 2, solver)
+    nn.init.kaiming_normal_(model.head.weight)       # the paper's code: the head too
+    nn.init.zeros_(model.head.bias)
+    return model
+
+
+@dataclass
+class SolverGrid:
+    """Test accuracies of models trained at several solvers.
+
+    Attributes
+    ----------
+    task : str
+    train_solvers : list of Solver
+    accuracy : dict
+        ``accuracy[train_solver][(test_method, k)]`` = accuracy in [0, 1] with
+        ``Solver(test_method, h_train / k)``; ``(test_method, "ref")`` at the
+        reference step; ``("own", 1)`` with the training solver.
+    reference_step : float
+    seconds : float
+        Wall time of the sweep.
+    """
+
+    task: str
+    train_solvers: list
+    accuracy: dict
+    reference_step: float
+    seconds: float = 0.0
+
+    def own(self, train: Solver) -> float:
+        """Test accuracy of the model trained with ``train``, under ``train`` itself."""
+        return self.accuracy[train][("own", 1)]
+
+    def drop(self, train: Solver, test_method: str = "rk4") -> float:
+        """Accuracy lost (points, in %) from the own solver to ``test_method`` at the
+        reference step.
+
+        Parameters
+        ----------
+        train : Solver
+            The model's training solver.
+        test_method : str
+            ``"euler"``, ``"midpoint"`` or ``"rk4"``.
+        """
+        return 100 * (self.own(train) - self.accuracy[train][(test_method, "ref")])
+
+    def max_gap(self, train: Solver) -> float:
+        """Largest accuracy difference (points) between any two tests of a model.
+
+        Parameters
+        ----------
+        train : Solver
+            The model's training solver.
+        """
+        vals = list(self.accuracy[train].values())
+        return 100 * (max(vals) - min(vals))
+
+    def critical_step(self, tol: float = KEEPS):
+        """``(h_ok, h_fail)``: the largest training step whose model keeps its accuracy
+        (max gap <= ``tol`` points) under every test, and the next larger grid step, which
+        fails (None where the grid does not bracket it).
+
+        Parameters
+        ----------
+        tol : float
+            Points (%).
+        """
+        euler = sorted((s for s in self.train_solvers if s.method == "euler"),
+                       key=lambda s: -s.step_size)
+        ok = [self.max_gap(s) <= tol for s in euler]
+        for i, s in enumerate(euler):
+            if all(ok[i:]):
+                return s.step_size, (euler[i - 1].step_size if i > 0 else None)
+        return None, euler[-1].step_size if euler else None
+
+
+def _train_and_test(job):
+    task, train, cfg = job
+    spec = dict(task=task, solver=train, iterations=cfg["iterations"], lr=cfg["lr"],
+                batch_size=cfg["batch_size"], seed=cfg["seed"], data_seed=cfg["data_seed"])
+    state = _train_spec(spec)[0]
+    model = make_model(task, train, seed=cfg["seed"])
+    model.load_state_dict(state)
+    x_test, y_test = load_task(task, seed=cfg["data_seed"])[2:]
+    return _test_grid(model, x_test, y_test, cfg), state
+
+
+def _test_grid(model, x_test, y_test, cfg) -> dict:
+    """Test accuracies of ``model`` (trained at a fixed step) on the grid of test solvers:
+    ``("own", 1)``, ``(method, k)`` at ``h_train / k``, ``(method, "ref")``.
+    """
+    acc = {("own", 1): model.accuracy(x_test, y_test)}
+    h = model.solver.step_size
+    for method in cfg["test_methods"]:
+        for k in cfg["factors"]:
+            acc[(method, k)] = model.accuracy(x_test, y_test, Solver(method, min(h / k, 1.0)))
+        acc[(method, "ref")] = model.accuracy(x_test, y_test,
+                                              Solver(method, cfg["reference_step"]))
+    return acc
+
+
+def solver_grid(task: str, train_solvers, iterations: int, lr: float = 3e-3,
+                batch_size: int = 128, seed: int = 0, data_seed: int = 0,
+                test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
+                reference_step: float = 1 / 256, processes: int | None = None):
+    """Train one model per training solver and test it on the grid.
+
+    Parameters
+    ----------
+    task : str
+        See :func:`load_task`.
+    train_solvers : sequence of Solver
+        Fixed-step solvers.
+    iterations : int
+        Training iterations (:func:`resode_tut.train_node`).
+    lr : float
+        Adam's learning rate.
+    batch_size : int
+        Training batch.
+    seed : int
+        Initial weights and batches; every model starts from the same seed.
+    data_seed : int
+        Seed of the data.
+    test_methods : sequence of str
+        Fixed-step methods to test with.
+    factors : sequence of float
+        Test steps ``h_train / k``.
+    reference_step : float
+        A step fine enough to stand for the exact flow.
+    processes : int, optional
+        Worker processes (default: all cores).
+
+    Returns
+    -------
+    (SolverGrid, models)
+        ``models[train_solver]`` is the trained :class:`NeuralODE`.
+    """
+    train_solvers = list(train_solvers)
+    for s in train_solvers:
+        if s.step_size is None:
+            raise ValueError(f"solver_grid trains with fixed steps, got {s}")
+    cfg = dict(iterations=iterations, lr=lr, batch_size=batch_size, seed=seed,
+               data_seed=data_seed, test_methods=tuple(test_methods), factors=tuple(factors),
+               reference_step=reference_step)
+    jobs = [(task, s, cfg) for s in train_solvers]
+    # longest first (euler, midpoint, rk4 evaluate the field 1, 2, 4 = order times a step)
+    order = sorted(range(len(jobs)),
+                   key=lambda i: -train_solvers[i].order / train_solvers[i].step_size)
+    t0 = time.perf_counter()
+    results = parallel_map(_train_and_test, [jobs[i] for i in order], processes)
+    seconds = time.perf_counter() - t0
+    by_job = dict(zip(order, results))
+    accuracy, models = {}, {}
+    for i, s in enumerate(train_solvers):
+        acc, state = by_job[i]
+        accuracy[s] = acc
+        models[s] = make_model(task, s, seed=seed)
+        models[s].load_state_dict(state)
+    return SolverGrid(task, train_solvers, accuracy, reference_step, seconds), models
+
+
+@dataclass
+class SeedGrid:
+    """Test accuracies of Euler models trained at several steps, several seeds each
+    (Ott et al. (2021) report mean +- std over five seeds).
+
+    Attributes
+    ----------
+    task : str
+    steps : list of float
+        Training steps ``h``.
+    seeds : list of int
+        Initial-weight and batch seeds; model ``i`` of every step has ``seeds[i]``.
+    accuracy : dict
+        ``accuracy[h][test]``: list of accuracies in [0, 1], one per seed; ``test`` as
+        in :class:`SolverGrid` (``("own", 1)``, ``(method, k)``, ``(method, "ref")``).
+    reference_step : float
+    iterations : int
+    lr : float
+    seconds : float
+        Wall time of the sweep.
+    """
+
+    task: str
+    steps: list
+    seeds: list
+    accuracy: dict
+    reference_step: float
+    iterations: int
+    lr: float
+    seconds: float = 0.0
+
+    def mean_std(self, h: float, test=("own", 1)) -> tuple[float, float]:
+        """Mean and standard deviation (points, %) over the seeds of one test.
+
+        Parameters
+        ----------
+        h : float
+            A training step of the grid.
+        test : tuple
+            A test key (default: the model's own solver).
+        """
+        values = 100 * np.asarray(self.accuracy[h][test])
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+    def gaps(self, h: float) -> list[float]:
+        """Per seed, the largest accuracy difference (points) between any two tests.
+
+        Parameters
+        ----------
+        h : float
+            A training step of the grid.
+        """
+        table = 100 * np.asarray(list(self.accuracy[h].values()))    # (tests, seeds)
+        return (table.max(0) - table.min(0)).tolist()
+
+    def critical_step(self, tol: float = KEEPS):
+        """``(h_ok, h_fail)``: the largest training step from which on every finer step's
+        *mean* gap over the seeds is at most ``tol`` points, and the next larger grid
+        step (None where the grid does not bracket it).
+
+        Parameters
+        ----------
+        tol : float
+            Points (%).
+        """
+        steps = sorted(self.steps, reverse=True)
+        ok = [float(np.mean(self.gaps(h))) <= tol for h in steps]
+        for i, h in enumerate(steps):
+            if all(ok[i:]):
+                return h, (steps[i - 1] if i > 0 else None)
+        return None, steps[-1] if steps else None
+
+
+def _train_seeds(job):
+    task, h, seeds, cfg = job
+    from ..ensemble import train_euler_ensemble
+    data = load_task(task, seed=cfg["data_seed"])
+    models = [make_model(task, Solver("euler", h), seed=s) for s in seeds]
+    train_euler_ensemble(models, data, h, cfg["iterations"], lr=cfg["lr"],
+                         batch_size=cfg["batch_size"], seeds=seeds)
+    tests = [_test_grid(m, data[2], data[3], cfg) for m in models]
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    return {key: [t[key] for t in tests] for key in tests[0]}, states
+
+
+def seed_grid(task: str, steps, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
+              lr: float = 1e-4, batch_size: int = 128, data_seed: int = 0,
+              test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
+              reference_step: float = 1 / 256, processes: int | None = None):
+    """Train Euler models at each step in ``steps``, all ``seeds`` of a step together
+    (:func:`resode_tut.ensemble.train_euler_ensemble`), the steps in worker processes,
+    and test every model on the grid of :func:`solver_grid`.
+
+    Parameters
+    ----------
+    task : str
+        See :func:`load_task`.
+    steps : sequence of float
+        Training steps ``h = 1/N``.
+    seeds : sequence of int
+        Initial weights and batches, one model per seed (the paper: five).
+    iterations : int
+        Adam steps (the paper: 10,000 on the spheres).
+    lr : float
+        Adam's learning rate (the paper: 1e-4).
+    batch_size : int
+        Training batch per model.
+    data_seed : int
+        As for :func:`solver_grid`.
+    test_methods : sequence of str
+        As for :func:`solver_grid`.
+    factors : sequence of float
+        As for :func:`solver_grid`.
+    reference_step : float
+        As for :func:`solver_grid`.
+    processes : int, optional
+        As for :func:`solver_grid`.
+
+    Returns
+    -------
+    (SeedGrid, models)
+        ``models[h]``: the trained :class:`NeuralODE` of each seed.
+    """
+    steps, seeds = list(steps), list(seeds)
+    if not steps or not seeds:
+        raise ValueError("seed_grid needs at least one step and one seed")
+    cfg = dict(iterations=iterations, lr=lr, batch_size=batch_size, data_seed=data_seed,
+               test_methods=tuple(test_methods), factors=tuple(factors),
+               reference_step=reference_step)
+    order = sorted(range(len(steps)), key=lambda i: steps[i])    # most steps first
+    t0 = time.perf_counter()
+    results = parallel_map(_train_seeds, [(task, steps[i], seeds, cfg) for i in order],
+                           processes)
+    seconds = time.perf_counter() - t0
+    accuracy, models = {}, {}
+    for i, (acc, states) in zip(order, results):
+        h = steps[i]
+        accuracy[h] = acc
+        models[h] = []
+        for s, state in zip(seeds, states):
+            model = make_model(task, Solver("euler", h), seed=s)
+            model.load_state_dict(state)
+            models[h].append(model)
+    return SeedGrid(task, steps, seeds, accuracy, reference_step, iterations, lr,
+                    seconds), models
+
+
+def _train_spec(spec):
+    from ..adaptation import StepSizeAdapter, ToleranceAdapter
+    data = load_task(spec["task"], seed=spec.get("data_seed", 0))
+    model = make_model(spec["task"], spec["solver"], seed=spec.get("seed", 0))
+    adapter = {"step": lambda: StepSizeAdapter(),
+               "tol": lambda: ToleranceAdapter(spec["solver"].method, spec["solver"].tol),
+               None: lambda: None}[spec.get("adapt")]()
+    hist = train_node(model, data, spec["iterations"], lr=spec.get("lr", 3e-3),
+                      batch_size=spec.get("batch_size", 128), seed=spec.get("seed", 0),
+                      adapter=adapter)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, model.solver, hist, (adapter.log if adapter is not None else [])
+
+
+def train_runs(specs, processes: int | None = None):
+    """Train several Neural ODEs, each described by a dict, in worker processes.
+
+    Parameters
+    ----------
+    specs : sequence of dict
+        Keys: ``task``, ``solver`` (a :class:`~resode_tut.node.Solver`: the
+        training solver, or the adaptive method and initial tolerance),
+        ``iterations``; optional ``adapt`` (None, ``"step"`` for
+        :class:`~resode_tut.adaptation.StepSizeAdapter` -- the solver's step is
+        then replaced by the heuristic's -- or ``"tol"`` for
+        :class:`~resode_tut.adaptation.ToleranceAdapter`), ``lr``,
+        ``batch_size``, ``seed``, ``data_seed``.
+    processes : int, optional
+
+    Returns
+    -------
+    list of (NeuralODE, NodeHistory, list)
+        The trained model (its solver is the final training solver), its
+        history and the adapter's log (empty without adaptation).
+    """
+    specs = list(specs)
+    for spec in specs:
+        if spec.get("adapt") not in (None, "step", "tol"):
+            raise ValueError(f"unknown adapt {spec.get('adapt')!r}: choose None, 'step' or 'tol'")
+    out = []
+    for spec, (state, solver, hist, log) in zip(specs, parallel_map(_train_spec, specs,
+                                                                       processes)):
+        model = make_model(spec["task"], solver, seed=spec.get("seed", 0))
+        model.load_state_dict(state)
+        out.append((model, hist, log))
+    return out
+
+
+# -- step-size adaptation, several seeds at once -----------------------------------
+
+@dataclass
+class AdaptedSeeds:
+    """Euler models trained with step-size adaptation, one per seed.
+
+    Attributes
+    ----------
+    task : str
+    seeds : list of int
+    step_sizes : list of float
+        Each model's final training step.
+    nfe : list of float
+        Each model's field evaluations per training iteration (forward Euler steps),
+        averaged over the whole training.
+    accuracy : dict
+        ``accuracy[test]``: one accuracy per seed, tests as in :class:`SolverGrid`,
+        at the model's final step.
+    logs : list of list of dict
+        Each adapter's checks (:attr:`resode_tut.StepSizeAdapter.log`).
+    iterations : int
+    lr : float
+    seconds : float
+    """
+
+    task: str
+    seeds: list
+    step_sizes: list
+    nfe: list
+    accuracy: dict
+    logs: list
+    iterations: int
+    lr: float
+    seconds: float = 0.0
+
+    def mean_std(self, test=("own", 1)) -> tuple[float, float]:
+        """Mean and standard deviation (points, %) over the seeds of one test.
+
+        Parameters
+        ----------
+        test : tuple
+            A test key (default: the model's own final solver).
+        """
+        return _mean_std(self.accuracy[test])
+
+    def gaps(self) -> list[float]:
+        """Per seed, the largest accuracy difference (points) between any two tests."""
+        table = 100 * np.asarray(list(self.accuracy.values()))
+        return (table.max(0) - table.min(0)).tolist()
+
+    def nfe_mean_std(self) -> tuple[float, float]:
+        """Mean and standard deviation over the seeds of the evaluations per iteration."""
+        v = np.asarray(self.nfe, dtype=float)
+        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _mean_std(values) -> tuple[float, float]:
+    v = 100 * np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _adapt_seeds(job):
+    task, seeds, cfg = job
+    from ..adaptation import StepSizeAdapter
+    from ..ensemble import train_euler_ensemble
+    data = load_task(task, seed=cfg["data_seed"])
+    models = [make_model(task, Solver("euler", 1.0), seed=s) for s in seeds]
+    adapters = [StepSizeAdapter() for _ in seeds]
+    hists = train_euler_ensemble(models, data, None, cfg["iterations"], lr=cfg["lr"],
+                                 batch_size=cfg["batch_size"], seeds=seeds, adapters=adapters,
+                                 log_every=cfg["iterations"])
+    tests = [_test_grid(m, data[2], data[3], cfg) for m in models]
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    return dict(step_sizes=[a.step_size for a in adapters], nfe=[h.nfe[0] for h in hists],
+                accuracy={key: [t[key] for t in tests] for key in tests[0]},
+                logs=[a.log for a in adapters]), states
+
+
+def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
+                  lr: float = 1e-4, batch_size: int = 128, data_seed: int = 0,
+                  test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
+                  reference_step: float = 1 / 256):
+    """Step-size adaptation (:class:`resode_tut.StepSizeAdapter`, the paper's
+    algorithm), one model per seed, all trained together
+    (:func:`resode_tut.train_euler_ensemble`), each tested on the grid of
+    :func:`solver_grid` at its final step.
+
+    Parameters
+    ----------
+    task : str
+        See :func:`load_task`.
+    seeds : sequence of int
+        Initial weights and batches, one model per seed.
+    iterations : int
+        Adam steps.
+    lr : float
+        Adam's learning rate.
+    batch_size : int
+        Training batch per model.
+    data_seed : int
+        As for :func:`solver_grid`.
+    test_methods : sequence of str
+        As for :func:`solver_grid`.
+    factors : sequence of float
+        As for :func:`solver_grid`.
+    reference_step : float
+        As for :func:`solver_grid`.
+
+    Returns
+    -------
+    (AdaptedSeeds, models)
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("adapted_seeds needs at least one seed")
+    cfg = dict(iterations=iterations, lr=lr, batch_size=batch_size, data_seed=data_seed,
+               test_methods=tuple(test_methods), factors=tuple(factors),
+               reference_step=reference_step)
+    t0 = time.perf_counter()
+    out, states = _adapt_seeds((task, seeds, cfg))
+    return _adapted_from(task, seeds, cfg, out, states, time.perf_counter() - t0)
+
+
+def _adapted_from(task, seeds, cfg, out, states, seconds):
+    models = []
+    for s, h, state in zip(seeds, out["step_sizes"], states):
+        model = make_model(task, Solver("euler", h), seed=s)
+        model.load_state_dict(state)
+        models.append(model)
+    return AdaptedSeeds(task, seeds, out["step_sizes"], out["nfe"], out["accuracy"],
+                        out["logs"], cfg["iterations"], cfg["lr"], seconds), models
+
+
+# -- Table 1 of the paper, rerun at its settings and cached -------------------------
+
+@dataclass(frozen=True)
+class Table1Config:
+    """What :func:`table1` runs.
+
+    Attributes
+    ----------
+    name : str
+    task : str
+    steps : tuple of float
+        Grid-search training steps.
+    seeds : tuple of int
+    iterations : int
+    lr : float
+    batch_size : int
+    reference_step : float
+    """
+
+    name: str
+    task: str
+    steps: tuple
+    seeds: tuple
+    iterations: int
+    lr: float
+    batch_size: int = 128
+    reference_step: float = 1 / 256
+
+
+#: ``paper``: the paper's settings (Adam lr 1e-4, batch 128, 10,000 iterations, five
+#: seeds, Euler steps 1/2 ... 1/128); ``quick``: a CI-sized run of the same code.
+TABLE1_CONFIGS = {
+    "paper": Table1Config("paper", "spheres2d", tuple(1 / 2 ** k for k in range(1, 8)),
+                          (0, 1, 2, 3, 4), 10_000, 1e-4),
+    "quick": Table1Config("quick", "spheres2d", (1 / 2, 1 / 8, 1 / 32), (0, 1), 1_500, 1e-3),
+}
+
+
+@dataclass
+class Table1:
+    """Grid search against step-size adaptation, mean +- std over seeds.
+
+    Attributes
+    ----------
+    config : Table1Config
+    grid : SeedGrid
+    adapted : AdaptedSeeds
+    seconds : float
+        Wall time of the whole run.
+    load : float
+        1-minute load average when it ended.
+    processes : int
+        Worker processes.
+    code : str
+        :func:`code_version` of the run.
+    path : str or None
+        The file it was read from or written to.
+    cached : bool
+        True when read from the cache.
+    """
+
+    config: Table1Config
+    grid: SeedGrid
+    adapted: AdaptedSeeds
+    seconds: float
+    load: float
+    processes: int
+    code: str
+    path: str | None = None
+    cached: bool = False
+
+    def grid_choice(self, tol: float = KEEPS) -> float | None:
+        """Grid search's pick: the coarsest step from which on every finer step keeps
+        its accuracy (mean gap over the seeds <= ``tol`` points); None if none does.
+
+        Parameters
+        ----------
+        tol : float
+            Points (%).
+        """
+        return self.grid.critical_step(tol)[0]
+
+    def rows(self, tol: float = KEEPS) -> list[dict]:
+        """The table's two rows: method, evaluations per iteration, accuracy (own
+        solver, mean and std over seeds, %) and the largest gap across test solvers
+        (mean over seeds, points).
+
+        Parameters
+        ----------
+        tol : float
+            Points (%), for the grid's pick.
+        """
+        rows = []
+        h = self.grid_choice(tol)
+        if h is not None:
+            rows.append(dict(method="grid search", nfe=1 / h, nfe_std=0.0, step=h,
+                             accuracy=self.grid.mean_std(h), gap=float(np.mean(
+                                 self.grid.gaps(h)))))
+        nfe, nfe_std = self.adapted.nfe_mean_std()
+        rows.append(dict(method="step adaptation", nfe=nfe, nfe_std=nfe_std,
+                         step=float(np.mean(self.adapted.step_sizes)),
+                         accuracy=self.adapted.mean_std(),
+                         gap=float(np.mean(self.adapted.gaps()))))
+        return rows
+
+    def to_json(self) -> str:
+        """The result as JSON (test keys written ``"method|k"``)."""
+        enc = lambda acc: {f"{m}|{k}": v for (m, k), v in acc.items()}
+        return json.dumps(dict(
+            format=1, config=asdict(self.config), seconds=self.seconds, load=self.load,
+            processes=self.processes, code=self.code, torch=torch.__version__,
+            grid=dict(accuracy={repr(h): enc(a) for h, a in self.grid.accuracy.items()},
+                      seconds=self.grid.seconds),
+            adapted=dict(step_sizes=self.adapted.step_sizes, nfe=self.adapted.nfe,
+                         accuracy=enc(self.adapted.accuracy), logs=self.adapted.logs,
+                         seconds=self.adapted.seconds)), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, path: str | None = None) -> Table1:
+        """Read :meth:`to_json`'s output; ``ValueError`` naming what is wrong otherwise.
+
+        Parameters
+        ----------
+        text : str
+        path : str, optional
+            Recorded as :attr:`path`.
+        """
+        try:
+            d = json.loads(text)
+            if d.get("format") != 1:
+                raise ValueError(f"format {d.get('format')!r}, expected 1")
+            c = d["config"]
+            config = Table1Config(**{**c, "steps": tuple(c["steps"]), "seeds": tuple(c["seeds"])})
+            tests = {f"{m}|{k}": (m, k) for m, k in _test_keys(config)}
+            dec = lambda acc: {tests[name]: [float(v) for v in vals]
+                               for name, vals in acc.items()}
+            accuracy = {float(h): dec(a) for h, a in d["grid"]["accuracy"].items()}
+            if sorted(accuracy) != sorted(config.steps) or any(
+                    len(v) != len(config.seeds) or not np.isfinite(v).all()
+                    for a in accuracy.values() for v in a.values()):
+                raise ValueError("the grid's accuracies do not match its configuration")
+            grid = SeedGrid(config.task, list(config.steps), list(config.seeds), accuracy,
+                            config.reference_step, config.iterations, config.lr,
+                            d["grid"]["seconds"])
+            a = d["adapted"]
+            adapted = AdaptedSeeds(config.task, list(config.seeds), a["step_sizes"], a["nfe"],
+                                   dec(a["accuracy"]), a["logs"], config.iterations,
+                                   config.lr, a["seconds"])
+            return cls(config, grid, adapted, d["seconds"], d["load"], d["processes"],
+                       d["code"], path, True)
+        except (KeyError, TypeError, json.JSONDecodeError) as err:
+            raise ValueError(f"not a Table 1 result: {err!r}") from err
+
+
+def _test_keys(config: Table1Config, methods=("euler", "midpoint", "rk4")) -> list:
+    return ([("own", 1)] + [(m, k) for m in methods for k in TEST_FACTORS]
+            + [(m, "ref") for m in methods])
+
+
+def code_version() -> str:
+    """SHA-256 (16 hex digits) of the source of this module and of every package module
+    it imports (:func:`resode_tut.experiments.cache.code_version`).
+    """
+    return cache.code_version(__name__)
+
+
+def table1_path(config: Table1Config | str, out_dir=None) -> Path:
+    """Where :func:`table1` caches ``config``'s result: ``out_dir`` (default
+    ``$RESODE_RESULTS``, else ``~/.cache/resode_tut/results``) /
+    ``ch05-table1-<name>-<key>.json``, the key made of the configuration and
+    :func:`code_version`.
+
+    Parameters
+    ----------
+    config : Table1Config or str
+    out_dir : path, optional
+    """
+    config = _table1_config(config)
+    if out_dir is None:
+        env = os.environ.get("RESODE_RESULTS", "").strip()
+        out_dir = (Path(env).expanduser() if env
+                   else Path.home() / ".cache" / "resode_tut" / "results")
+    key = hashlib.sha256(json.dumps({"config": asdict(config), "code": code_version()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    return Path(out_dir) / f"ch05-table1-{config.name}-{key}.json"
+
+
+def _table1_config(config) -> Table1Config:
+    if isinstance(config, Table1Config):
+        return config
+    if config not in TABLE1_CONFIGS:
+        raise ValueError(f"unknown Table 1 configuration {config!r}: choose one of "
+                         f"{sorted(TABLE1_CONFIGS)}")
+    return TABLE1_CONFIGS[config]
+
+
+def load_table1(config: Table1Config | str = "paper", out_dir=None) -> Table1 | None:
+    """The cached result of ``config`` for this code, or None (with a warning when the
+    file is damaged).
+
+    Parameters
+    ----------
+    config : Table1Config or str
+    out_dir : path, optional
+        As for :func:`table1_path`.
+    """
+    path = table1_path(config, out_dir)
+    if not path.is_file():
+        return None
+    try:
+        return Table1.from_json(path.read_text(), str(path))
+    except ValueError as err:
+        warnings.warn(f"ignoring the damaged result {path} ({err}): it is recomputed",
+                      stacklevel=2)
+        return None
+
+
+def _table_job(job):
+    return _train_seeds(job[1:]) if job[0] == "grid" else _adapt_seeds(job[1:])
+
+
+def table1(config: Table1Config | str = "paper", processes: int | None = None,
+           out_dir=None, cache_result: bool = True, force: bool = False) -> Table1:
+    """Table 1 of the paper for the 2-d spheres: a seed grid of Euler steps (grid
+    search) and step-size adaptation, each over the same seeds; loaded when a current
+    result is cached, else computed (grid steps and the adapted ensemble in worker
+    processes) and cached.
+
+    Parameters
+    ----------
+    config : Table1Config or str
+        ``"paper"`` or ``"quick"`` (:data:`TABLE1_CONFIGS`), or a configuration.
+    processes : int, optional
+        Worker processes (default: all cores).
+    out_dir : path, optional
+        As for :func:`table1_path`.
+    cache_result : bool
+        Read and write the cache (False: always compute, write nothing).
+    force : bool
+        Compute even if a current result is cached (and overwrite it).
+    """
+    config = _table1_config(config)
+    if cache_result and not force:
+        found = load_table1(config, out_dir)
+        if found is not None:
+            return found
+    cfg = dict(iterations=config.iterations, lr=config.lr, batch_size=config.batch_size,
+               data_seed=0, test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
+               reference_step=config.reference_step)
+    seeds = list(config.seeds)
+    steps = sorted(config.steps)                                  # most Euler steps first
+    jobs = [("adapt", config.task, seeds, cfg)] + [("grid", config.task, h, seeds, cfg)
+                                                    for h in steps]
+    t0 = time.perf_counter()
+    results = parallel_map(_table_job, jobs, processes)
+    seconds = time.perf_counter() - t0
+    adapted, _ = _adapted_from(config.task, seeds, cfg, *results[0], seconds)
+    accuracy = {h: acc for h, (acc, _) in zip(steps, results[1:])}
+    grid = SeedGrid(config.task, list(config.steps), seeds, accuracy, config.reference_step,
+                    config.iterations, config.lr, seconds)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = float("nan")
+    result = Table1(config, grid, adapted, seconds, load,
+                    processes or os.cpu_count() or 1, code_version())
+    if cache_result:
+        path = table1_path(config, out_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(result.to_json())
+        os.replace(tmp, path)                      # atomic: a reader never sees half a file
+        result.path = str(path)
+    return result
+
+
+def main(argv=None) -> int:
+    """``python -m resode_tut.experiments.solver_dependence``: compute and cache Table 1."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        description="Rerun Table 1 of Ott et al. (2021) for the 2-d spheres (chapter 5): "
+                    "grid search over Euler steps and step-size adaptation, five seeds, "
+                    "cached by configuration and code.")
+    parser.add_argument("--config", default="paper", choices=sorted(TABLE1_CONFIGS))
+    parser.add_argument("--processes", type=int, default=None,
+                        help="worker processes (default: all cores)")
+    parser.add_argument("--out", default=None,
+                        help="results folder (default $RESODE_RESULTS or "
+                             "~/.cache/resode_tut/results)")
+    parser.add_argument("--force", action="store_true", help="run even if a result is cached")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = table1(args.config, args.processes, args.out, force=args.force)
+    print(f"{'loaded' if result.cached else 'computed'}: {result.path} "
+          f"({result.seconds:.0f} s on {result.processes} processes, load {result.load:.1f})")
+    for row in result.rows():
+        print(f"{row['method']:<16} NFE {row['nfe']:6.1f}  accuracy "
+              f"{row['accuracy'][0]:5.1f} +- {row['accuracy'][1]:4.1f} %  gap {row['gap']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
