@@ -9,6 +9,7 @@ are the library's :func:`resode_tut.train_node` and
 """
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torchdiffeq import odeint
@@ -17,12 +18,14 @@ from ..node import NeuralODE, Solver
 from .plots import use_style
 from .solver_dependence import (
     KEEPS,
+    TABLE1_CONFIGS,
     TASKS,
     TEST_FACTORS,
     AdaptedSeeds,
     SeedGrid,
     SolverGrid,
     Table1,
+    Table1Config,
     adapted_seeds,
     load_task,
     make_model,
@@ -35,7 +38,79 @@ from .solver_dependence import (
 __all__ = ["use_style",
            "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
            "KEEPS", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "Table1", "table1",
-           "train_runs", "crossing_pairs", "windermere_fan"]
+           "Table1Config", "TABLE1_CONFIGS", "QUICK_TABLE1",
+           "train_runs", "crossing_pairs", "windermere_fan", "plot_grid", "plot_adaptation"]
+
+#: The chapter's quick mode (CI): Table 1's code at seconds' scale -- two steps, two
+#: seeds, 800 iterations at lr 1e-3.  It shows the collapse at h = 1/2 and the adapter
+#: at work, not the paper's accuracies (``TABLE1_CONFIGS["paper"]`` does).
+QUICK_TABLE1 = Table1Config("chapter-quick", "spheres2d", (1 / 2, 1 / 8), (0, 1), 800, 1e-3)
+
+
+# -- figures ------------------------------------------------------------------------
+
+def plot_grid(grid, axes, title: str, methods=("euler", "midpoint", "rk4")) -> None:
+    """Test accuracy against the number of test steps, one curve per trained model
+    (Euler steps on a colour scale, any other training solver in red), one panel per
+    test method; a circle marks the training solver.
+
+    Parameters
+    ----------
+    grid : SolverGrid or SeedGrid
+        For a :class:`SeedGrid`, the curve is the mean over the seeds and the band
+        their range.
+    axes : sequence of matplotlib Axes
+        One per test method.
+    title : str
+    methods : sequence of str
+        Test methods, one per panel.
+    """
+    if isinstance(grid, SeedGrid):
+        entries = [(Solver("euler", h), grid.accuracy[h]) for h in sorted(grid.steps)[::-1]]
+    else:
+        entries = [(s, {k: [v] for k, v in grid.accuracy[s].items()})
+                   for s in grid.train_solvers]
+    steps = sorted({s.step_size for s, _ in entries if s.method == "euler"})
+    colour = dict(zip(steps, plt.cm.viridis(np.linspace(0.9, 0, len(steps)))))
+    for ax, method in zip(axes, methods):
+        for s, acc in entries:
+            c = colour[s.step_size] if s.method == "euler" else "tab:red"
+            x = [k / s.step_size for k in TEST_FACTORS] + [1 / grid.reference_step]
+            vals = 100 * np.array([acc[method, k] for k in TEST_FACTORS]
+                                  + [acc[method, "ref"]])                 # (tests, seeds)
+            ax.plot(x, vals.mean(1), ".-", color=c, label=str(s))
+            if vals.shape[1] > 1:
+                ax.fill_between(x, vals.min(1), vals.max(1), color=c, alpha=0.15, lw=0)
+            if s.method == method:
+                ax.plot(1 / s.step_size, 100 * np.mean(acc["own", 1]), "o", ms=9,
+                        mfc="none", color=c)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("test steps")
+        ax.set_title(f"{title}, tested with {method}")
+    axes[0].set_ylabel("test accuracy (%)")
+
+
+def plot_adaptation(logs, ax, every: int = 50) -> None:
+    """The number of Euler steps ``1/h`` chosen by step-size adaptation over training,
+    one line per run, halvings marked.
+
+    Parameters
+    ----------
+    logs : sequence of list of dict
+        :attr:`resode_tut.StepSizeAdapter.log` of each run.
+    ax : matplotlib Axes
+    every : int
+        Iterations between the adapter's checks.
+    """
+    for k, log in enumerate(logs):
+        its = every * np.arange(1, len(log) + 1)
+        n = [1 / e["step_size"] for e in log]
+        ax.step(its, n, where="post", color=f"C{k}", lw=1, label=f"seed {k}")
+        halved = [i for i, e in enumerate(log) if e["action"] == "halve"]
+        ax.plot(its[halved], np.array(n)[halved], "v", color=f"C{k}", ms=4)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("Euler steps $1/h$")
 
 # -- crossing trajectories --------------------------------------------------------
 # The orbits of an autonomous ODE in the plane never cross; the discrete trajectories

@@ -828,6 +828,7 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
         Compute even if a current result is cached (and overwrite it).
     """
     config = _table1_config(config)
+    path = table1_path(config, out_dir)     # keyed by the code that runs, read before it runs
     if cache_result and not force:
         found = load_table1(config, out_dir)
         if found is not None:
@@ -853,7 +854,6 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
     result = Table1(config, grid, adapted, seconds, load,
                     processes or os.cpu_count() or 1, code_version())
     if cache_result:
-        path = table1_path(config, out_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(result.to_json())
@@ -863,7 +863,13 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
 
 
 def main(argv=None) -> int:
-    """``python -m resode_tut.experiments.solver_dependence``: compute and cache Table 1."""
+    """``python -m resode_tut.experiments.solver_dependence``: compute and cache Table 1.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+    """
     import argparse
     parser = argparse.ArgumentParser(
         description="Rerun Table 1 of Ott et al. (2021) for the 2-d spheres (chapter 5): "

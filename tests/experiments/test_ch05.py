@@ -87,3 +87,30 @@ def test_seed_grid_trains_each_seed_as_it_would_alone_and_summarises_over_seeds(
     assert grid.critical_step(tol=-1.0) == (None, 1 / 8)     # none is
     with pytest.raises(ValueError, match="at least one"):
         seed_grid("spheres2d", [], **kw)
+
+
+def test_the_grid_figure_draws_each_model_with_its_seed_range():
+    """One curve per trained model and panel; for seeds, the curve is their mean and the
+    band spans their range (checked against the accuracies themselves)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from resode_tut.experiments.ch05 import TEST_FACTORS, SeedGrid, plot_adaptation, plot_grid
+    tests = [("own", 1)] + [(m, k) for m in ("euler", "midpoint", "rk4")
+                            for k in (*TEST_FACTORS, "ref")]
+    rng = np.random.default_rng(0)
+    acc = {h: {t: rng.uniform(0.4, 1.0, 3).tolist() for t in tests} for h in (0.5, 0.125)}
+    grid = SeedGrid("spheres2d", [0.5, 0.125], [0, 1, 2], acc, 1 / 256, 10, 1e-3)
+    fig, axes = plt.subplots(1, 3)
+    plot_grid(grid, axes, "t")
+    line = [ln for ln in axes[2].lines if ln.get_label() == "euler, h=1/8"][0]
+    want = [100 * np.mean(acc[0.125]["rk4", k]) for k in (*TEST_FACTORS, "ref")]
+    assert np.allclose(line.get_ydata(), want)
+    assert np.allclose(line.get_xdata()[:-1], [k * 8 for k in TEST_FACTORS])
+    assert len(axes[0].collections) == 2                       # one band per step
+    log = [dict(step_size=h, action=a) for h, a in ((0.5, "grow"), (0.55, "halve"),
+                                                    (0.275, "grow"))]
+    plot_adaptation([log], axes[0])
+    plt.close(fig)

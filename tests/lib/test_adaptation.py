@@ -110,3 +110,19 @@ def test_train_node_reports_each_iterations_evaluations_to_the_adapter():
     assert len(seen) == 4 and all(n >= 2 for n in seen)
     with pytest.raises(ValueError, match="test_factor"):
         ToleranceAdapter(test_factor=1.0)
+
+
+def test_training_with_tolerance_adaptation_learns_a_task_that_needs_the_flow():
+    """XOR is not linearly separable: the linear head alone cannot fit it, the flow must
+    move the points. With the tolerance adapted every 10 iterations (halvings, growths
+    and freezes all happen), training still fits it, and the result holds as an ODE."""
+    from resode_tut.datasets import xor
+    x, y = xor()
+    torch.manual_seed(1)
+    model = NeuralODE(SphereField(), (2,), 2, Solver("fehlberg2", tol=1e-3))
+    adapter = ToleranceAdapter("fehlberg2", 1e-3, every=10)
+    hist = train_node(model, (x, y), 200, lr=3e-3, batch_size=4, adapter=adapter, seed=1)
+    assert hist.loss[-1] < 0.1 < hist.loss[0]
+    assert model.accuracy(x, y, Solver("dopri5", tol=1e-7)) == 1.0
+    assert model.solver.tol != 1e-3 and len(adapter.log) == 20
+    assert {e["action"] for e in adapter.log} >= {"grow", "frozen"}

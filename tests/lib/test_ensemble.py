@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from resode_tut import ImageField, NeuralODE, Solver, SphereField, train_node
-from resode_tut.datasets.small import concentric_spheres
 from resode_tut.adaptation import StepSizeAdapter, ToleranceAdapter
+from resode_tut.datasets.small import concentric_spheres
 from resode_tut.ensemble import euler_grid, euler_logits, train_euler_ensemble
 
 

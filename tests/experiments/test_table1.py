@@ -1,0 +1,89 @@
+"""Chapter 5's Table 1 run: the adapted seeds, the table's rows, and its cache."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from resode_tut.experiments import solver_dependence as sd
+
+TINY = sd.Table1Config("tiny", "spheres2d", (1 / 2, 1 / 4), (0, 1), 55, 1e-2,
+                       batch_size=16, reference_step=1 / 16)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    return sd.table1(TINY, processes=2, out_dir=out), out
+
+
+def test_a_computed_table_is_cached_and_read_back_unchanged(tiny):
+    result, out = tiny
+    assert not result.cached and os.path.isfile(result.path)
+    again = sd.table1(TINY, out_dir=out)
+    assert again.cached and again.path == result.path
+    assert again.grid.accuracy == result.grid.accuracy
+    assert again.adapted.accuracy == result.adapted.accuracy
+    assert again.rows() == result.rows()
+    # the key names the configuration: another one is not served this file
+    other = sd.Table1Config(**{**TINY.__dict__, "iterations": 21})
+    assert sd.table1_path(other, out) != sd.table1_path(TINY, out)
+    assert sd.load_table1(other, out) is None
+
+
+def test_rows_are_computed_from_the_per_seed_numbers(tiny):
+    result, _ = tiny
+    rows = {r["method"]: r for r in result.rows(tol=100.0)}    # every step "keeps"
+    h = max(TINY.steps)
+    assert result.grid_choice(tol=100.0) == h
+    grid = rows["grid search"]
+    own = 100 * np.asarray(result.grid.accuracy[h][("own", 1)])
+    assert grid["nfe"] == 1 / h and grid["accuracy"][0] == pytest.approx(own.mean())
+    assert grid["accuracy"][1] == pytest.approx(own.std(ddof=1))
+    adapt = rows["step adaptation"]
+    assert adapt["nfe"] == pytest.approx(np.mean(result.adapted.nfe))
+    assert adapt["gap"] == pytest.approx(np.mean(result.adapted.gaps()))
+    assert result.grid_choice(tol=-1.0) is None      # nothing keeps a negative gap
+    assert [r["method"] for r in result.rows(tol=-1.0)] == ["step adaptation"]
+
+
+def test_the_adapted_seeds_are_those_train_node_gives(tiny):
+    """Seed 1 of the ensemble ends at the step a lone train_node run with the same
+    adapter and seed ends at."""
+    from resode_tut import StepSizeAdapter, train_node
+    result, _ = tiny
+    data = sd.load_task("spheres2d")
+    model = sd.make_model("spheres2d", sd.Solver("euler", 1.0), seed=1)
+    adapter = StepSizeAdapter()
+    hist = train_node(model, data, TINY.iterations, lr=TINY.lr, batch_size=TINY.batch_size,
+                      seed=1, adapter=adapter, log_every=TINY.iterations)
+    assert result.adapted.step_sizes[1] == pytest.approx(adapter.step_size, rel=1e-9)
+    assert result.adapted.nfe[1] == pytest.approx(hist.nfe[0])
+
+
+def test_a_damaged_or_cut_file_is_recomputed_with_a_warning(tiny, tmp_path):
+    result, _ = tiny
+    path = sd.table1_path(TINY, tmp_path)
+    text = result.to_json()
+    for bad in (text[: len(text) // 2], text.replace('"format": 1', '"format": 2'),
+                json.dumps({**json.loads(text), "grid": {"accuracy": {}, "seconds": 0}})):
+        path.write_text(bad)
+        with pytest.warns(UserWarning, match="damaged"):
+            assert sd.load_table1(TINY, tmp_path) is None
+
+
+def test_the_paper_configuration_is_the_papers():
+    c = sd.TABLE1_CONFIGS["paper"]
+    assert (c.lr, c.batch_size, c.iterations, len(c.seeds)) == (1e-4, 128, 10_000, 5)
+    assert min(c.steps) == 1 / 128 and max(c.steps) == 1 / 2
+    with pytest.raises(ValueError, match="unknown Table 1 configuration"):
+        sd.table1("huge")
+
+
+def test_the_papers_model_has_a_kaiming_head_with_zero_bias():
+    m = sd.make_model("spheres2d", sd.Solver("euler", 1 / 2), seed=0)
+    assert torch.all(m.head.bias == 0)
+    w = torch.cat([sd.make_model("spheres10d", sd.Solver("euler", 1 / 2), seed=s).head.weight
+                   .flatten() for s in range(200)])
+    assert w.std().item() == pytest.approx((2 / 10) ** 0.5, rel=0.1)   # Kaiming: sqrt(2/fan_in)
