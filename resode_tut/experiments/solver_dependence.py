@@ -616,11 +616,14 @@ class Table1Config:
 
 
 #: ``paper``: the paper's settings (Adam lr 1e-4, batch 128, 10,000 iterations, five
-#: seeds, Euler steps 1/2 ... 1/128); ``quick``: a CI-sized run of the same code.
+#: seeds, Euler steps 1/2 ... 1/128); ``quick``: the same code in minutes; ``smoke``:
+#: seconds, to check a setup (its numbers mean nothing).
 TABLE1_CONFIGS = {
     "paper": Table1Config("paper", "spheres2d", tuple(1 / 2 ** k for k in range(1, 8)),
                           (0, 1, 2, 3, 4), 10_000, 1e-4),
     "quick": Table1Config("quick", "spheres2d", (1 / 2, 1 / 8, 1 / 32), (0, 1), 1_500, 1e-3),
+    "smoke": Table1Config("smoke", "spheres2d", (1 / 2, 1 / 4), (0, 1), 20, 1e-2,
+                          batch_size=16, reference_step=1 / 16),
 }
 
 
@@ -749,7 +752,8 @@ def code_version() -> str:
     """SHA-256 (16 hex digits) of the source of this module and of every package module
     it imports (:func:`resode_tut.experiments.cache.code_version`).
     """
-    return cache.code_version(__name__)
+    # by name, not __name__: run as ``python -m`` this module is "__main__"
+    return cache.code_version("resode_tut.experiments.solver_dependence")
 
 
 def table1_path(config: Table1Config | str, out_dir=None) -> Path:
@@ -828,7 +832,8 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
         Compute even if a current result is cached (and overwrite it).
     """
     config = _table1_config(config)
-    path = table1_path(config, out_dir)     # keyed by the code that runs, read before it runs
+    code = code_version()                   # the code that runs, read before it runs
+    path = table1_path(config, out_dir)
     if cache_result and not force:
         found = load_table1(config, out_dir)
         if found is not None:
@@ -852,7 +857,7 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
     except (AttributeError, OSError):
         load = float("nan")
     result = Table1(config, grid, adapted, seconds, load,
-                    processes or os.cpu_count() or 1, code_version())
+                    processes or os.cpu_count() or 1, code)
     if cache_result:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -87,3 +87,17 @@ def test_the_papers_model_has_a_kaiming_head_with_zero_bias():
     w = torch.cat([sd.make_model("spheres10d", sd.Solver("euler", 1 / 2), seed=s).head.weight
                    .flatten() for s in range(200)])
     assert w.std().item() == pytest.approx((2 / 10) ** 0.5, rel=0.1)   # Kaiming: sqrt(2/fan_in)
+
+
+def test_the_command_line_caches_what_the_chapter_then_loads(tmp_path):
+    """Run as ``python -m`` the module is ``__main__``: its result must still be keyed by
+    the module's code, so that the chapter (which imports it) finds it."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "resode_tut.experiments.solver_dependence",
+                          "--config", "smoke", "--processes", "1", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    found = sd.load_table1("smoke", tmp_path)
+    assert found is not None and found.code == sd.code_version()
+    assert "computed" in out.stdout and "step adaptation" in out.stdout
