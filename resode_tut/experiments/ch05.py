@@ -39,12 +39,49 @@ __all__ = ["use_style",
            "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
            "KEEPS", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "Table1", "table1",
            "Table1Config", "TABLE1_CONFIGS", "QUICK_TABLE1",
-           "train_runs", "crossing_pairs", "windermere_fan", "plot_grid", "plot_adaptation"]
+           "train_runs", "crossing_pairs", "windermere_fan", "plot_grid", "plot_adaptation",
+           "learned_seeds", "seed_subset"]
 
 #: The chapter's quick mode (CI): Table 1's code at seconds' scale -- two steps, two
 #: seeds, 800 iterations at lr 1e-3.  It shows the collapse at h = 1/2 and the adapter
 #: at work, not the paper's accuracies (``TABLE1_CONFIGS["paper"]`` does).
 QUICK_TABLE1 = Table1Config("chapter-quick", "spheres2d", (1 / 2, 1 / 8), (0, 1), 800, 1e-3)
+
+
+# -- which seeds learned -------------------------------------------------------------
+# A model that learned nothing is flat under every solver: before a seed's models locate
+# the critical step, the seed must have learned the task.
+
+def learned_seeds(grid: SeedGrid, threshold: float = 0.9) -> list[int]:
+    """Positions (in ``grid.seeds``) of the seeds whose finest-step model reaches
+    ``threshold`` test accuracy with rk4 at the reference step, i.e. as an ODE.
+
+    Parameters
+    ----------
+    grid : SeedGrid
+    threshold : float
+        Accuracy in [0, 1].
+    """
+    finest = grid.accuracy[min(grid.steps)]["rk4", "ref"]
+    return [i for i, acc in enumerate(finest) if acc >= threshold]
+
+
+def seed_subset(grid: SeedGrid, positions) -> SeedGrid:
+    """The same grid restricted to some of its seeds.
+
+    Parameters
+    ----------
+    grid : SeedGrid
+    positions : sequence of int
+        Positions in ``grid.seeds`` to keep.
+    """
+    positions = list(positions)
+    if not positions:
+        raise ValueError("no seeds to keep: a SeedGrid needs at least one")
+    accuracy = {h: {t: [v[i] for i in positions] for t, v in tests.items()}
+                for h, tests in grid.accuracy.items()}
+    return SeedGrid(grid.task, list(grid.steps), [grid.seeds[i] for i in positions], accuracy,
+                    grid.reference_step, grid.iterations, grid.lr, grid.seconds)
 
 
 # -- figures ------------------------------------------------------------------------
