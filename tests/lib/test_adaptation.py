@@ -114,8 +114,8 @@ def test_train_node_reports_each_iterations_evaluations_to_the_adapter():
 
 def test_training_with_tolerance_adaptation_learns_a_task_that_needs_the_flow():
     """XOR is not linearly separable: the linear head alone cannot fit it, the flow must
-    move the points. With the tolerance adapted every 10 iterations (halvings, growths
-    and freezes all happen), training still fits it, and the result holds as an ODE."""
+    move the points. With the tolerance adapted every 10 iterations (growths, a keep
+    and freezes happen), training still fits it, and the result holds as an ODE."""
     from resode_tut.datasets import xor
     x, y = xor()
     torch.manual_seed(1)
