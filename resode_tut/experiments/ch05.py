@@ -43,9 +43,9 @@ __all__ = ["use_style",
            "learned_seeds", "seed_subset"]
 
 #: The chapter's quick mode (CI): Table 1's code at seconds' scale -- two steps, two
-#: seeds, 800 iterations at lr 1e-3.  It shows the collapse at h = 1/2 and the adapter
+#: seeds, 500 iterations at lr 1e-3.  It shows the collapse at h = 1/2 and the adapter
 #: at work, not the paper's accuracies (``TABLE1_CONFIGS["paper"]`` does).
-QUICK_TABLE1 = Table1Config("chapter-quick", "spheres2d", (1 / 2, 1 / 8), (0, 1), 800, 1e-3)
+QUICK_TABLE1 = Table1Config("chapter-quick", "spheres2d", (1 / 2, 1 / 8), (0, 1), 500, 1e-3)
 
 
 # -- which seeds learned -------------------------------------------------------------

@@ -476,6 +476,8 @@ class AdaptedSeeds:
     iterations : int
     lr : float
     seconds : float
+    threshold : float
+        The adapters' batch check (:class:`resode_tut.StepSizeAdapter`).
     """
 
     task: str
@@ -487,6 +489,7 @@ class AdaptedSeeds:
     iterations: int
     lr: float
     seconds: float = 0.0
+    threshold: float = 0.1
 
     def mean_std(self, test=("own", 1)) -> tuple[float, float]:
         """Mean and standard deviation (points, %) over the seeds of one test.
@@ -520,7 +523,7 @@ def _adapt_seeds(job):
     from ..ensemble import train_euler_ensemble
     data = load_task(task, seed=cfg["data_seed"])
     models = [make_model(task, Solver("euler", 1.0), seed=s) for s in seeds]
-    adapters = [StepSizeAdapter() for _ in seeds]
+    adapters = [StepSizeAdapter(threshold=cfg.get("threshold", 0.1)) for _ in seeds]
     hists = train_euler_ensemble(models, data, None, cfg["iterations"], lr=cfg["lr"],
                                  batch_size=cfg["batch_size"], seeds=seeds, adapters=adapters,
                                  log_every=cfg["iterations"])
@@ -534,7 +537,7 @@ def _adapt_seeds(job):
 def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
                   lr: float = 1e-4, batch_size: int = 128, data_seed: int = 0,
                   test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
-                  reference_step: float = 1 / 256):
+                  reference_step: float = 1 / 256, threshold: float = 0.1):
     """Step-size adaptation (:class:`resode_tut.StepSizeAdapter`, the paper's
     algorithm), one model per seed, all trained together
     (:func:`resode_tut.train_euler_ensemble`), each tested on the grid of
@@ -560,6 +563,10 @@ def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
         As for :func:`solver_grid`.
     reference_step : float
         As for :func:`solver_grid`.
+    threshold : float
+        The adapters' batch check: the largest accuracy difference (a fraction)
+        between Euler at ``h`` and the test solver that lets ``h`` grow (the paper:
+        0.1).
 
     Returns
     -------
@@ -570,7 +577,7 @@ def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
         raise ValueError("adapted_seeds needs at least one seed")
     cfg = dict(iterations=iterations, lr=lr, batch_size=batch_size, data_seed=data_seed,
                test_methods=tuple(test_methods), factors=tuple(factors),
-               reference_step=reference_step)
+               reference_step=reference_step, threshold=threshold)
     t0 = time.perf_counter()
     out, states = _adapt_seeds((task, seeds, cfg))
     return _adapted_from(task, seeds, cfg, out, states, time.perf_counter() - t0)
@@ -583,7 +590,8 @@ def _adapted_from(task, seeds, cfg, out, states, seconds):
         model.load_state_dict(state)
         models.append(model)
     return AdaptedSeeds(task, seeds, out["step_sizes"], out["nfe"], out["accuracy"],
-                        out["logs"], cfg["iterations"], cfg["lr"], seconds), models
+                        out["logs"], cfg["iterations"], cfg["lr"], seconds,
+                        cfg.get("threshold", 0.1)), models
 
 
 # -- Table 1 of the paper, rerun at its settings and cached -------------------------
@@ -603,6 +611,9 @@ class Table1Config:
     lr : float
     batch_size : int
     reference_step : float
+    strict_threshold : float or None
+        A second step adaptation whose batch check is the chapter's own threshold
+        (``KEEPS`` points, as a fraction) instead of the paper's 0.1; None: not run.
     """
 
     name: str
@@ -613,6 +624,7 @@ class Table1Config:
     lr: float
     batch_size: int = 128
     reference_step: float = 1 / 256
+    strict_threshold: float | None = KEEPS / 100
 
 
 #: ``paper``: the paper's settings (Adam lr 1e-4, batch 128, 10,000 iterations, five
@@ -648,6 +660,8 @@ class Table1:
         The file it was read from or written to.
     cached : bool
         True when read from the cache.
+    strict : AdaptedSeeds or None
+        Step adaptation with the batch check at ``config.strict_threshold``.
     """
 
     config: Table1Config
@@ -659,6 +673,7 @@ class Table1:
     code: str
     path: str | None = None
     cached: bool = False
+    strict: AdaptedSeeds | None = None
 
     def grid_choice(self, tol: float = KEEPS) -> float | None:
         """Grid search's pick: the coarsest step from which on every finer step keeps
@@ -672,9 +687,10 @@ class Table1:
         return self.grid.critical_step(tol)[0]
 
     def rows(self, tol: float = KEEPS) -> list[dict]:
-        """The table's two rows: method, evaluations per iteration, accuracy (own
-        solver, mean and std over seeds, %) and the largest gap across test solvers
-        (mean over seeds, points).
+        """The table's rows -- grid search, step adaptation (the paper's check) and,
+        when run, step adaptation with the strict check: method, evaluations per
+        iteration, accuracy (own solver, mean and std over seeds, %) and the largest gap
+        across test solvers (mean over seeds, points).
 
         Parameters
         ----------
@@ -687,24 +703,28 @@ class Table1:
             rows.append(dict(method="grid search", nfe=1 / h, nfe_std=0.0, step=h,
                              accuracy=self.grid.mean_std(h), gap=float(np.mean(
                                  self.grid.gaps(h)))))
-        nfe, nfe_std = self.adapted.nfe_mean_std()
-        rows.append(dict(method="step adaptation", nfe=nfe, nfe_std=nfe_std,
-                         step=float(np.mean(self.adapted.step_sizes)),
-                         accuracy=self.adapted.mean_std(),
-                         gap=float(np.mean(self.adapted.gaps()))))
+        for method, run in (("step adaptation", self.adapted),
+                            ("step adaptation, strict", self.strict)):
+            if run is None:
+                continue
+            nfe, nfe_std = run.nfe_mean_std()
+            rows.append(dict(method=method, nfe=nfe, nfe_std=nfe_std,
+                             step=float(np.mean(run.step_sizes)), accuracy=run.mean_std(),
+                             gap=float(np.mean(run.gaps())), threshold=run.threshold))
         return rows
 
     def to_json(self) -> str:
         """The result as JSON (test keys written ``"method|k"``)."""
         enc = lambda acc: {f"{m}|{k}": v for (m, k), v in acc.items()}
+        run = lambda a: None if a is None else dict(
+            step_sizes=a.step_sizes, nfe=a.nfe, accuracy=enc(a.accuracy), logs=a.logs,
+            seconds=a.seconds, threshold=a.threshold)
         return json.dumps(dict(
-            format=1, config=asdict(self.config), seconds=self.seconds, load=self.load,
+            format=2, config=asdict(self.config), seconds=self.seconds, load=self.load,
             processes=self.processes, code=self.code, torch=torch.__version__,
             grid=dict(accuracy={repr(h): enc(a) for h, a in self.grid.accuracy.items()},
                       seconds=self.grid.seconds),
-            adapted=dict(step_sizes=self.adapted.step_sizes, nfe=self.adapted.nfe,
-                         accuracy=enc(self.adapted.accuracy), logs=self.adapted.logs,
-                         seconds=self.adapted.seconds)), indent=1)
+            adapted=run(self.adapted), strict=run(self.strict)), indent=1)
 
     @classmethod
     def from_json(cls, text: str, path: str | None = None) -> Table1:
@@ -718,8 +738,8 @@ class Table1:
         """
         try:
             d = json.loads(text)
-            if d.get("format") != 1:
-                raise ValueError(f"format {d.get('format')!r}, expected 1")
+            if d.get("format") != 2:
+                raise ValueError(f"format {d.get('format')!r}, expected 2")
             c = d["config"]
             config = Table1Config(**{**c, "steps": tuple(c["steps"]), "seeds": tuple(c["seeds"])})
             tests = {f"{m}|{k}": (m, k) for m, k in _test_keys(config)}
@@ -733,12 +753,20 @@ class Table1:
             grid = SeedGrid(config.task, list(config.steps), list(config.seeds), accuracy,
                             config.reference_step, config.iterations, config.lr,
                             d["grid"]["seconds"])
-            a = d["adapted"]
-            adapted = AdaptedSeeds(config.task, list(config.seeds), a["step_sizes"], a["nfe"],
-                                   dec(a["accuracy"]), a["logs"], config.iterations,
-                                   config.lr, a["seconds"])
+            def run(a, threshold):
+                if a is None:
+                    return None
+                if a["threshold"] != threshold or len(a["step_sizes"]) != len(config.seeds):
+                    raise ValueError("an adapted run does not match its configuration")
+                return AdaptedSeeds(config.task, list(config.seeds), a["step_sizes"],
+                                    a["nfe"], dec(a["accuracy"]), a["logs"],
+                                    config.iterations, config.lr, a["seconds"], threshold)
+            adapted = run(d["adapted"], 0.1)
+            strict = run(d["strict"], config.strict_threshold)
+            if adapted is None or (strict is None) != (config.strict_threshold is None):
+                raise ValueError("the adapted runs do not match the configuration")
             return cls(config, grid, adapted, d["seconds"], d["load"], d["processes"],
-                       d["code"], path, True)
+                       d["code"], path, True, strict)
         except (KeyError, TypeError, json.JSONDecodeError) as err:
             raise ValueError(f"not a Table 1 result: {err!r}") from err
 
@@ -843,13 +871,17 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
                reference_step=config.reference_step)
     seeds = list(config.seeds)
     steps = sorted(config.steps)                                  # most Euler steps first
-    jobs = [("adapt", config.task, seeds, cfg)] + [("grid", config.task, h, seeds, cfg)
-                                                    for h in steps]
+    thresholds = [0.1] + ([] if config.strict_threshold is None
+                          else [config.strict_threshold])
+    jobs = ([("adapt", config.task, seeds, {**cfg, "threshold": t}) for t in thresholds]
+            + [("grid", config.task, h, seeds, cfg) for h in steps])
     t0 = time.perf_counter()
     results = parallel_map(_table_job, jobs, processes)
     seconds = time.perf_counter() - t0
-    adapted, _ = _adapted_from(config.task, seeds, cfg, *results[0], seconds)
-    accuracy = {h: acc for h, (acc, _) in zip(steps, results[1:])}
+    runs = [_adapted_from(config.task, seeds, {**cfg, "threshold": t}, *r, seconds)[0]
+            for t, r in zip(thresholds, results)]
+    adapted, strict = runs[0], (runs[1] if len(runs) > 1 else None)
+    accuracy = {h: acc for h, (acc, _) in zip(steps, results[len(thresholds):])}
     grid = SeedGrid(config.task, list(config.steps), seeds, accuracy, config.reference_step,
                     config.iterations, config.lr, seconds)
     try:
@@ -857,7 +889,7 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
     except (AttributeError, OSError):
         load = float("nan")
     result = Table1(config, grid, adapted, seconds, load,
-                    processes or os.cpu_count() or 1, code)
+                    processes or os.cpu_count() or 1, code, strict=strict)
     if cache_result:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -878,7 +910,8 @@ def main(argv=None) -> int:
     import argparse
     parser = argparse.ArgumentParser(
         description="Rerun Table 1 of Ott et al. (2021) for the 2-d spheres (chapter 5): "
-                    "grid search over Euler steps and step-size adaptation, five seeds, "
+                    "grid search over Euler steps and step-size adaptation (the paper's "
+                    "check and a strict one), five seeds, "
                     "cached by configuration and code.")
     parser.add_argument("--config", default="paper", choices=sorted(TABLE1_CONFIGS))
     parser.add_argument("--processes", type=int, default=None,
@@ -893,7 +926,7 @@ def main(argv=None) -> int:
     print(f"{'loaded' if result.cached else 'computed'}: {result.path} "
           f"({result.seconds:.0f} s on {result.processes} processes, load {result.load:.1f})")
     for row in result.rows():
-        print(f"{row['method']:<16} NFE {row['nfe']:6.1f}  accuracy "
+        print(f"{row['method']:<24} NFE {row['nfe']:6.1f}  accuracy "
               f"{row['accuracy'][0]:5.1f} +- {row['accuracy'][1]:4.1f} %  gap {row['gap']:.1f}")
     return 0
 

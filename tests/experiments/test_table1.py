@@ -25,6 +25,8 @@ def test_a_computed_table_is_cached_and_read_back_unchanged(tiny):
     assert again.cached and again.path == result.path
     assert again.grid.accuracy == result.grid.accuracy
     assert again.adapted.accuracy == result.adapted.accuracy
+    assert again.strict.accuracy == result.strict.accuracy
+    assert again.strict.logs == result.strict.logs and again.strict.threshold == 0.03
     assert again.rows() == result.rows()
     # the key names the configuration: another one is not served this file
     other = sd.Table1Config(**{**TINY.__dict__, "iterations": 21})
@@ -44,30 +46,40 @@ def test_rows_are_computed_from_the_per_seed_numbers(tiny):
     adapt = rows["step adaptation"]
     assert adapt["nfe"] == pytest.approx(np.mean(result.adapted.nfe))
     assert adapt["gap"] == pytest.approx(np.mean(result.adapted.gaps()))
+    strict = rows["step adaptation, strict"]
+    assert strict["nfe"] == pytest.approx(np.mean(result.strict.nfe))
+    assert (adapt["threshold"], strict["threshold"]) == (0.1, TINY.strict_threshold)
     assert result.grid_choice(tol=-1.0) is None      # nothing keeps a negative gap
-    assert [r["method"] for r in result.rows(tol=-1.0)] == ["step adaptation"]
+    assert [r["method"] for r in result.rows(tol=-1.0)] == ["step adaptation",
+                                                            "step adaptation, strict"]
 
 
-def test_the_adapted_seeds_are_those_train_node_gives(tiny):
-    """Seed 1 of the ensemble ends at the step a lone train_node run with the same
-    adapter and seed ends at."""
+@pytest.mark.parametrize("run", ["adapted", "strict"])
+def test_the_adapted_seeds_are_those_train_node_gives(tiny, run):
+    """Seed 1 of each ensemble ends at the step a lone train_node run with the same
+    adapter (the paper's check, or the strict one) and seed ends at."""
     from resode_tut import StepSizeAdapter, train_node
     result, _ = tiny
+    runs = getattr(result, run)
     data = sd.load_task("spheres2d")
     model = sd.make_model("spheres2d", sd.Solver("euler", 1.0), seed=1)
-    adapter = StepSizeAdapter()
+    adapter = StepSizeAdapter(threshold=runs.threshold)
     hist = train_node(model, data, TINY.iterations, lr=TINY.lr, batch_size=TINY.batch_size,
                       seed=1, adapter=adapter, log_every=TINY.iterations)
-    assert result.adapted.step_sizes[1] == pytest.approx(adapter.step_size, rel=1e-9)
-    assert result.adapted.nfe[1] == pytest.approx(hist.nfe[0])
+    assert runs.step_sizes[1] == pytest.approx(adapter.step_size, rel=1e-9)
+    assert runs.nfe[1] == pytest.approx(hist.nfe[0])
+    assert runs.logs[1] == adapter.log
 
 
 def test_a_damaged_or_cut_file_is_recomputed_with_a_warning(tiny, tmp_path):
     result, _ = tiny
     path = sd.table1_path(TINY, tmp_path)
     text = result.to_json()
-    for bad in (text[: len(text) // 2], text.replace('"format": 1', '"format": 2'),
-                json.dumps({**json.loads(text), "grid": {"accuracy": {}, "seconds": 0}})):
+    d = json.loads(text)
+    for bad in (text[: len(text) // 2], text.replace('"format": 2', '"format": 1'),
+                json.dumps({**d, "grid": {"accuracy": {}, "seconds": 0}}),
+                json.dumps({**d, "strict": None}),             # the configuration runs it
+                json.dumps({**d, "strict": {**d["strict"], "threshold": 0.1}})):
         path.write_text(bad)
         with pytest.warns(UserWarning, match="damaged"):
             assert sd.load_table1(TINY, tmp_path) is None
