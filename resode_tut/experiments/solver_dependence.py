@@ -33,7 +33,8 @@ from ..parallel import parallel_map
 from . import cache
 
 __all__ = ["make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
-           "KEEPS", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "train_runs",
+           "KEEPS", "PAPER_CHECK", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds",
+           "train_runs",
            "Table1Config", "TABLE1_CONFIGS", "Table1", "table1", "load_table1", "table1_path",
            "code_version", "main"]
 
@@ -42,8 +43,12 @@ TEST_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 #: Points (%): a model *keeps its accuracy* -- is in the ODE regime -- when its test
 #: accuracies under all test solvers lie within this many points of each other (the
 #: default of :func:`resode_tut.ode_regime`).  Chapter 5 uses this one threshold for
-#: every such statement; the adapters' 0.1 is the paper's *batch* check during training.
+#: every such statement; the adapters' PAPER_CHECK is the paper's *batch* check in training.
 KEEPS = 3.0
+#: The paper's batch check for step-size adaptation: the largest accuracy difference (a
+#: fraction) between Euler at ``h`` and the test solver that lets ``h`` grow (the
+#: default of :class:`resode_tut.StepSizeAdapter`).
+PAPER_CHECK = 0.1
 
 
 def _sphere_dim(task: str) -> int | None:
@@ -489,7 +494,7 @@ class AdaptedSeeds:
     iterations: int
     lr: float
     seconds: float = 0.0
-    threshold: float = 0.1
+    threshold: float = PAPER_CHECK
 
     def mean_std(self, test=("own", 1)) -> tuple[float, float]:
         """Mean and standard deviation (points, %) over the seeds of one test.
@@ -505,6 +510,10 @@ class AdaptedSeeds:
         """Per seed, the largest accuracy difference (points) between any two tests."""
         table = 100 * np.asarray(list(self.accuracy.values()))
         return (table.max(0) - table.min(0)).tolist()
+
+    def halvings(self) -> list[int]:
+        """Per seed, how many of the adapter's checks halved the step."""
+        return [sum(e["action"] == "halve" for e in log) for log in self.logs]
 
     def nfe_mean_std(self) -> tuple[float, float]:
         """Mean and standard deviation over the seeds of the evaluations per iteration."""
@@ -523,7 +532,7 @@ def _adapt_seeds(job):
     from ..ensemble import train_euler_ensemble
     data = load_task(task, seed=cfg["data_seed"])
     models = [make_model(task, Solver("euler", 1.0), seed=s) for s in seeds]
-    adapters = [StepSizeAdapter(threshold=cfg.get("threshold", 0.1)) for _ in seeds]
+    adapters = [StepSizeAdapter(threshold=cfg["threshold"]) for _ in seeds]
     hists = train_euler_ensemble(models, data, None, cfg["iterations"], lr=cfg["lr"],
                                  batch_size=cfg["batch_size"], seeds=seeds, adapters=adapters,
                                  log_every=cfg["iterations"])
@@ -537,7 +546,7 @@ def _adapt_seeds(job):
 def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
                   lr: float = 1e-4, batch_size: int = 128, data_seed: int = 0,
                   test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
-                  reference_step: float = 1 / 256, threshold: float = 0.1):
+                  reference_step: float = 1 / 256, threshold: float = PAPER_CHECK):
     """Step-size adaptation (:class:`resode_tut.StepSizeAdapter`, the paper's
     algorithm), one model per seed, all trained together
     (:func:`resode_tut.train_euler_ensemble`), each tested on the grid of
@@ -565,8 +574,8 @@ def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
         As for :func:`solver_grid`.
     threshold : float
         The adapters' batch check: the largest accuracy difference (a fraction)
-        between Euler at ``h`` and the test solver that lets ``h`` grow (the paper:
-        0.1).
+        between Euler at ``h`` and the test solver that lets ``h`` grow (default:
+        the paper's, :data:`PAPER_CHECK`).
 
     Returns
     -------
@@ -591,7 +600,7 @@ def _adapted_from(task, seeds, cfg, out, states, seconds):
         models.append(model)
     return AdaptedSeeds(task, seeds, out["step_sizes"], out["nfe"], out["accuracy"],
                         out["logs"], cfg["iterations"], cfg["lr"], seconds,
-                        cfg.get("threshold", 0.1)), models
+                        cfg["threshold"]), models
 
 
 # -- Table 1 of the paper, rerun at its settings and cached -------------------------
@@ -613,7 +622,7 @@ class Table1Config:
     reference_step : float
     strict_threshold : float or None
         A second step adaptation whose batch check is the chapter's own threshold
-        (``KEEPS`` points, as a fraction) instead of the paper's 0.1; None: not run.
+        (``KEEPS`` points, as a fraction) instead of :data:`PAPER_CHECK`; None: not run.
     """
 
     name: str
@@ -761,7 +770,7 @@ class Table1:
                 return AdaptedSeeds(config.task, list(config.seeds), a["step_sizes"],
                                     a["nfe"], dec(a["accuracy"]), a["logs"],
                                     config.iterations, config.lr, a["seconds"], threshold)
-            adapted = run(d["adapted"], 0.1)
+            adapted = run(d["adapted"], PAPER_CHECK)
             strict = run(d["strict"], config.strict_threshold)
             if adapted is None or (strict is None) != (config.strict_threshold is None):
                 raise ValueError("the adapted runs do not match the configuration")
@@ -871,7 +880,7 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
                reference_step=config.reference_step)
     seeds = list(config.seeds)
     steps = sorted(config.steps)                                  # most Euler steps first
-    thresholds = [0.1] + ([] if config.strict_threshold is None
+    thresholds = [PAPER_CHECK] + ([] if config.strict_threshold is None
                           else [config.strict_threshold])
     jobs = ([("adapt", config.task, seeds, {**cfg, "threshold": t}) for t in thresholds]
             + [("grid", config.task, h, seeds, cfg) for h in steps])

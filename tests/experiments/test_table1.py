@@ -113,3 +113,14 @@ def test_the_command_line_caches_what_the_chapter_then_loads(tmp_path):
     found = sd.load_table1("smoke", tmp_path)
     assert found is not None and found.code == sd.code_version()
     assert "computed" in out.stdout and "step adaptation" in out.stdout
+
+
+def test_the_papers_check_is_the_adapters_default_and_halvings_count_the_logs(tiny):
+    from resode_tut import StepSizeAdapter
+    assert sd.PAPER_CHECK == StepSizeAdapter().threshold
+    result, _ = tiny
+    assert result.adapted.threshold == sd.PAPER_CHECK
+    # seed 1's strict check halves where the paper's grows (its batch gap lies between)
+    assert result.strict.halvings()[1] == result.adapted.halvings()[1] + 1
+    assert result.strict.halvings() == [[e["action"] for e in log].count("halve")
+                                        for log in result.strict.logs]
