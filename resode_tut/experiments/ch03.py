@@ -161,6 +161,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=positive_int, default=9,
                         help="timed rounds, methods interleaved (default 9)")
     parser.add_argument("--scheme", choices=["euler", "heun"], default="euler")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="gradient methods to compare (default: all; backprop is "
+                             "always run, the floor always timed)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads (default: torch's); on a shared machine set "
                              "OMP_WAIT_POLICY=PASSIVE as well")
@@ -175,16 +178,20 @@ def main(argv=None) -> None:
           f"{torch.get_num_threads()} (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}),"
           f" load {load:.2f}; {args.scheme} tanh layers dim {args.dim}, batch {args.batch}, "
           f"{args.repeats} interleaved rounds")
+    methods = [m for m in METHODS if m in args.methods or m == "backprop"]
     rows = adjoint_benchmark(args.depths, args.dim, args.batch, args.device, args.repeats,
-                             seed=args.seed, scheme=args.scheme)
+                             seed=args.seed, scheme=args.scheme, methods=methods)
     print(format_table(rows))
     by = {(r["N"], r["method"]): r for r in rows}
-    for N in args.depths:
-        bp, adj, ode = by[N, "backprop"], by[N, "adjoint"], by[N, "odeint_adjoint"]
-        print(f"N={N}: adjoint {adj['x_backprop'][0]:.2f}x backprop, "
-              f"{adj['x_floor'][0]:.2f}x its floor; memory {adj['mib'] / bp['mib']:.4f}x "
-              f"backprop's; grad error adjoint/odeint_adjoint "
-              f"{adj['grad_error'] / ode['grad_error']:.3f}")
+    for N in args.depths if "adjoint" in methods else ():
+        bp, adj = by[N, "backprop"], by[N, "adjoint"]
+        line = (f"N={N}: adjoint {adj['x_backprop'][0]:.2f}x backprop, "
+                f"{adj['x_floor'][0]:.2f}x its floor; memory {adj['mib'] / bp['mib']:.4f}x "
+                "backprop's")
+        if "odeint_adjoint" in methods:
+            line += (f"; grad error adjoint/odeint_adjoint "
+                     f"{adj['grad_error'] / by[N, 'odeint_adjoint']['grad_error']:.3f}")
+        print(line)
     if hasattr(os, "getloadavg"):
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 

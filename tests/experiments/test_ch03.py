@@ -108,6 +108,17 @@ def test_command_line_names_a_bad_argument_before_any_work(argv, message, capsys
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_command_line_runs_the_chosen_methods_with_backprop_and_the_floor(capsys):
+    bench.main(["adjoint", "--depths", "4", "--dim", "4", "--batch", "8", "--repeats", "2",
+                "--methods", "adjoint", "--scheme", "heun"])
+    out = capsys.readouterr().out
+    rows = [line.split()[1] for line in out.splitlines() if line.strip().startswith("4 ")]
+    assert rows == ["backprop", "adjoint", "floor"]
+    assert "N=4: adjoint" in out and "its floor" in out and "odeint_adjoint" not in out
+    with pytest.raises(SystemExit):
+        bench.main(["adjoint", "--methods", "fast"])
+
+
 @pytest.mark.parametrize("scheme", ["euler", "heun"])
 def test_the_odeint_adjoint_baseline_samples_every_layer_and_is_first_order(scheme):
     """Set up fairly, torchdiffeq's continuous adjoint gives every layer (the first one
