@@ -70,7 +70,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from ._arith import add_scaled
+from ._arith import add_scaled, all_finite
 
 __all__ = ["discrete_adjoint", "reverse_step", "reconstruct",
            "ReconstructionError", "ReconstructionWarning"]
@@ -121,7 +121,7 @@ def _step_functions(stack, n):
 
 
 def _check_finite(x, n):
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ReconstructionError(
             f"the reconstruction of the hidden states is not finite (found at layer {n}): "
             "the residual functions are too far from invertible steps at this depth; "
@@ -251,26 +251,26 @@ def _plan(stack, params):
     require grad, with their gradient slots, and their buffers; the index of the
     gradient slots; and, per function, the ids of the parameters it owns.
 
-    The structure is kept per stack until any module registers a parameter or a
-    submodule (see :func:`_stack_parameters`); the parameters are filtered by
-    ``requires_grad`` (``params``) each backward.
+    Built once and kept per stack until any module registers a parameter or a
+    submodule (see :func:`_stack_parameters`) or another set of parameters requires
+    grad (``params``, the forward's): re-filtering a deep stack's steps costs about
+    0.7 us a step, every backward.
     """
-    index = {id(p): i for i, p in enumerate(params)}
+    key = (_registrations[0], id(stack), tuple(map(id, params)))
     cached = stack.__dict__.get("_plan_cache")
-    if cached is None or cached[0] != (_registrations[0], id(stack)):
-        structure = []
-        for n in range(stack.num_steps):
-            functions = _step_functions(stack, n)
-            structure.append((functions, _unique(p for f in functions for p in f.parameters()),
-                              _unique(b for f in functions for b in f.buffers())))
-        owns = {id(f): {id(p) for p in f.parameters()} for f in stack.functions}
-        cached = ((_registrations[0], id(stack)), structure, owns)
-        stack.__dict__["_plan_cache"] = cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    index = {id(p): i for i, p in enumerate(params)}
     plan = []
-    for functions, all_params, buffers in cached[1]:
-        ps = [p for p in all_params if id(p) in index]
-        plan.append((functions, ps, [index[id(p)] for p in ps], buffers))
-    return plan, index, cached[2]
+    for n in range(stack.num_steps):
+        functions = _step_functions(stack, n)
+        ps = [p for p in _unique(p for f in functions for p in f.parameters())
+              if id(p) in index]
+        plan.append((functions, ps, [index[id(p)] for p in ps],
+                     _unique(b for f in functions for b in f.buffers())))
+    owns = {id(f): {id(p) for p in f.parameters()} for f in stack.functions}
+    stack.__dict__["_plan_cache"] = (key, (plan, index, owns))
+    return plan, index, owns
 
 
 def _leaves_checked(k, x_req, index, own, n):
@@ -281,17 +281,18 @@ def _leaves_checked(k, x_req, index, own, n):
     seen, todo, borrowed = set(), [k.grad_fn], []
     while todo:
         node = todo.pop()
-        if node is None or node in seen:
+        if node is None:
             continue
-        seen.add(node)
-        if not isinstance(node, _AccumulateGrad):
+        if type(node) is _AccumulateGrad:
+            leaf = node.variable
+            if leaf is not x_req and id(leaf) not in own:
+                if id(leaf) not in index:
+                    raise _captured_error(n, leaf)
+                if all(leaf is not q for q in borrowed):
+                    borrowed.append(leaf)
+        elif node not in seen:
+            seen.add(node)
             todo.extend(f for f, _ in node.next_functions)
-            continue
-        leaf = node.variable
-        if leaf is not x_req and id(leaf) not in own:
-            if id(leaf) not in index:
-                raise _captured_error(n, leaf)
-            borrowed.append(leaf)
     return borrowed
 
 
@@ -335,6 +336,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         per_step = 1 if stack.scheme == "euler" else 2
         h = stack.h
         grads = [None] * len(ctx.params)
+        known = None   # Heun: (f_{n+1}(x~_{n+1}), x~_{n+1}) from the previous step
         p = grad_out
         x = x.detach()
         # grad mode is off here (checked above): only the re-evaluation enables it
@@ -344,9 +346,10 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 functions, ps, slots, buffers = plan[n]
                 dtype = dtypes[n]   # the dtype the step's input had in forward
                 saved = [b.clone() for b in buffers] if buffers else None
+                x_in = x if x.dtype == dtype else x.to(dtype)
                 try:
-                    x = _reconstruct_step(functions, h, x if x.dtype == dtype else x.to(dtype),
-                                          replay, per_step * n)
+                    x = _reconstruct_step(functions, h, x_in, replay, per_step * n,
+                                          known[0] if known and known[1] is x_in else None)
                     x = x if x.dtype == dtype else x.to(dtype)
                     if n % _CHECK_EVERY == 0:
                         _check_finite(x, n)
@@ -370,8 +373,14 @@ class _DiscreteAdjoint(torch.autograd.Function):
                         for b, value in zip(buffers, saved):
                             b.copy_(value)
                 x = x.detach()
-                g_x = vjp[0]
-                p = (p if p.dtype == g_x.dtype else p.to(g_x.dtype)) + g_x if add_p else g_x
+                # Heun: f_n(x~_n) is the next step's first reconstruction evaluation
+                # (f_{n+1}(x~_{n+1}) there): kept, it saves one of the six evaluations a
+                # step costs (not when random states are replayed: in forward the two
+                # evaluations drew different numbers)
+                known = (ks[0].detach(), x) if len(ks) == 2 and replay is None else None
+                g_x = vjp[0]   # None where f_n ignores x (Euler only): then p_n = p_{n+1}
+                if g_x is not None:
+                    p = (p if p.dtype == g_x.dtype else p.to(g_x.dtype)) + g_x if add_p else g_x
                 for i, g in zip(slots + [index[id(q)] for q in extra], vjp[1:]):
                     if g is not None:
                         grads[i] = g if grads[i] is None else grads[i] + g
@@ -395,21 +404,24 @@ def _vjp(out, grad, inputs):
     return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
 
-def _reconstruct_step(functions, h, x, replay, first):
+def _reconstruct_step(functions, h, x, replay, first, k1=None):
     """The scheme run backwards over one step, ``x~_{n+1} -> x~_n``, given the step's
     residual functions (``[f_n]`` for Euler, ``[f_n, f_{n+1}]`` for Heun).
 
     ``replay``, when given, sets the random state that evaluation ``first`` (``f_n``)
-    and ``first + 1`` (``f_{n+1}``) had in forward.  :func:`reverse_step` is this
+    and ``first + 1`` (``f_{n+1}``) had in forward.  Heun: ``k1``, when given, is
+    ``f_{n+1}(x~_{n+1})``, which the backward already has (the previous step's
+    re-evaluation computed it, at the same point).  :func:`reverse_step` is this
     with the buffers restored afterwards.
     """
     if len(functions) == 1:     # Euler: x~_n = x~_{n+1} - h f_n(x~_{n+1})
         if replay:
             replay(first)
         return add_scaled(x, -h, functions[0](x))
-    if replay:
-        replay(first + 1)
-    k1 = functions[1](x)
+    if k1 is None:
+        if replay:
+            replay(first + 1)
+        k1 = functions[1](x)
     if replay:
         replay(first)
     k2 = functions[0](add_scaled(x, -h, k1).to(x.dtype))   # f_n saw x_n's dtype
@@ -477,7 +489,21 @@ def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
         replaying, a random state per evaluation that drew random numbers).
     """
     params = _stack_parameters(stack)
-    return _DiscreteAdjoint.apply(x, stack, len(params), *params)
+    if _apply_c is None or torch._C._are_functorch_transforms_active():
+        return _DiscreteAdjoint.apply(x, stack, len(params), *params)
+    return _apply_c(_unwrap_if_dead(x), stack, len(params), *params)
+
+
+# Function.apply's Python wrapper passes every argument through functorch's
+# unwrap_dead_wrappers (about 0.17 us an argument, and a stack passes two per layer)
+# before calling the C entry point; outside functorch transforms only the input can be
+# such a wrapper, so the entry point is called directly, with the input unwrapped.
+# torch's own Function.apply where these are not there.
+try:
+    _apply_c = super(torch.autograd.Function, _DiscreteAdjoint).apply
+    _unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+except AttributeError:  # pragma: no cover - other torch versions
+    _apply_c = None
 
 
 # Listing a deep stack's parameters costs about 2 us a layer; the list is kept per stack

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._arith import add_scaled
+from ._arith import add_scaled, all_finite
 from .adjoint import ReconstructionError, ReconstructionWarning, discrete_adjoint
 
 __all__ = ["ResidualStack", "SCHEMES"]
@@ -240,7 +240,7 @@ class ResidualStack(nn.Module):
         if torch._C._functorch.is_functorch_wrapped_tensor(x) or torch.compiler.is_compiling():
             return  # under vmap/grad/compile a data-dependent check cannot run
         with torch.no_grad():  # a check, not part of the graph: nothing saved for backward
-            finite = bool(torch.isfinite(x).all())
+            finite = all_finite(x)
         if not finite:
             raise ValueError("input contains NaN or infinite values: clean or rescale the data")
 

@@ -229,18 +229,78 @@ def test_gradients_equal_the_textbook_recursion_bitwise(scheme, dtype, case):
 
 
 @pytest.mark.parametrize("scheme", ["euler", "heun"])
-def test_the_public_autograd_fallback_gives_the_same_bits(scheme, monkeypatch):
+@pytest.mark.parametrize("entry", ["_run_backward", "_apply_c"])
+def test_the_public_autograd_fallback_gives_the_same_bits(scheme, entry, monkeypatch):
     """The backward calls the autograd engine's entry point directly where torch has
-    it, torch.autograd.grad otherwise: both give the same gradients."""
+    it, torch.autograd.grad otherwise; the forward calls autograd.Function's C entry
+    point, Function.apply otherwise: both give the same outputs and gradients."""
     import resode_tut.adjoint as adjoint
     stack = tanh_stack(9, "iid", seed=3, dim=4, scheme=scheme)
     stack.adjoint = True
     x = torch.randn(5, 4, dtype=torch.float64)
-    direct = grads(stack, x)[1]
-    assert adjoint._run_backward is not None
-    monkeypatch.setattr(adjoint, "_run_backward", None)
-    fallback = grads(stack, x)[1]
+    out, direct = grads(stack, x)
+    assert getattr(adjoint, entry) is not None
+    monkeypatch.setattr(adjoint, entry, None)
+    out_fallback, fallback = grads(stack, x)
+    assert torch.equal(out, out_fallback)
     assert all(torch.equal(a, b) for a, b in zip(direct, fallback))
+
+
+class Drift(nn.Module):
+    """f_n(x) = b_n: a residual function that ignores its input (a field of time alone)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.b = nn.Parameter(torch.randn(d, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.b.expand_as(x)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_residual_functions_that_ignore_their_input_get_backprops_gradients(scheme):
+    """The VJP of such an f_n with respect to x is None (not reached), not zero: the
+    adjoint keeps p_n = p_{n+1} there (it once failed on None).  Both kinds of layer
+    invert exactly, so the gradients are backprop's to rounding."""
+    torch.manual_seed(0)
+    functions = [Drift(4) if n % 2 else Coupling(d=2).double() for n in range(8)]
+    plain, adjoint = twin(functions, scheme=scheme)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    for a, b in zip(grads(plain, x)[1], grads(adjoint, x)[1]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    only_drift = ResidualStack([Drift(4) for _ in range(5)], scheme=scheme, adjoint=True)
+    g = grads(only_drift, x)[1]
+    assert torch.equal(g[0], torch.linspace(-1, 1, 20, dtype=torch.float64).reshape(5, 4))
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_parameters_frozen_and_unfrozen_between_backwards(scheme):
+    """The backward's per-step plan is kept between backwards: it must follow which
+    parameters require grad (a frozen layer gets no gradient, the others backprop's)."""
+    functions = list(tanh_stack(10, "smooth", seed=2, dim=3, scheme=scheme).functions)
+    plain, adjoint = twin(functions, scheme=scheme)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    for frozen in ([], [0, 3, 9], [], list(range(1, 10))):
+        for n, f in enumerate(functions):
+            f.requires_grad_(n not in frozen)
+        for stack in (plain, adjoint):
+            stack(x.clone().requires_grad_(True)).pow(2).sum().backward()
+        for n, f in enumerate(functions):
+            for p in f.parameters():
+                if n in frozen:
+                    assert p.grad is None
+                else:
+                    assert p.grad is not None
+            f.zero_grad()
+        xr = x.clone().requires_grad_(True)
+        got = torch.autograd.grad(adjoint(xr).pow(2).sum(),
+                                  [p for p in adjoint.parameters() if p.requires_grad])
+        xr = x.clone().requires_grad_(True)
+        want = torch.autograd.grad(plain(xr).pow(2).sum(),
+                                   [p for p in plain.parameters() if p.requires_grad])
+        assert len(got) == len(want) == 2 * (10 - len(frozen))
+        for a, b in zip(got, want):
+            assert ((a - b).norm() / b.norm()) < 0.05
 
 
 @pytest.mark.parametrize("scheme", ["euler", "heun"])
@@ -261,3 +321,29 @@ def test_a_deep_copy_after_a_backward_has_gradients_of_its_own(scheme):
         for a, b in zip(got, grads(plain, x)[1]):
             assert ((a - b).norm() / b.norm()) < 0.5
         assert all(p.grad is None for p in stack.parameters())   # the original untouched
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_evaluations_per_step_in_backward(scheme):
+    """Euler: two evaluations of f_n per step in backward (reconstruction, re-evaluation).
+    Heun: four per step, less one after the first: f_{n+1}(x~_{n+1}) is reused from the
+    previous step's re-evaluation (bitwise the same value: the textbook test above)."""
+    calls = []
+
+    class Counted(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.n, self.lin = n, nn.Linear(3, 3).double()
+
+        def forward(self, x):
+            calls.append(self.n)
+            return torch.tanh(self.lin(x))
+
+    M = 7
+    stack = ResidualStack([Counted(n) for n in range(M)], scheme=scheme, adjoint=True)
+    out = stack(torch.randn(4, 3, dtype=torch.float64, requires_grad=True))
+    calls.clear()
+    out.sum().backward()
+    steps = stack.num_steps
+    assert len(calls) == (2 * steps if scheme == "euler" else 4 + 3 * (steps - 1))
+    assert sorted(set(calls)) == list(range(M))

@@ -60,8 +60,12 @@ def test_dropout_and_noise_are_replayed_and_the_generators_end_as_after_backprop
     fs = [NoisyCoupling().double().to(device) for _ in range(6)]
     x = torch.randn(8, 6, dtype=torch.float64, device=device)
     out_p, g_p, rng_p = run(ResidualStack(fs, scheme=scheme), x, seed=11)
-    out_a, g_a, rng_a = run(ResidualStack(fs, scheme=scheme, adjoint=True), x, seed=11)
+    adjoint = ResidualStack(fs, scheme=scheme, adjoint=True)
+    out_a, g_a, rng_a = run(adjoint, x, seed=11)
     assert torch.equal(out_a, out_p)          # same masks in forward
+    # every reconstruction evaluation had its forward mask and noise: x_0 comes back exactly
+    # (the gradients alone would not show a wrong mask in the reconstruction: g sees x_a)
+    assert adjoint.last_reconstruction_error < 1e-13
     for a, b in zip(g_a, g_p):               # and in backward: exact reversal, same gradients
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for a, b in zip(rng_a, rng_p):           # the backward consumed no random numbers

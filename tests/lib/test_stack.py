@@ -121,8 +121,29 @@ def test_shape_changing_function_is_named():
 
 def test_non_finite_input_is_named():
     stack = ResidualStack([nn.Identity()])
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        stack(torch.tensor([[float("nan"), 0.0]]))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            stack(torch.tensor([[1.0, 0.0], [bad, 2.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32,
+                                   torch.float64, torch.int64])
+def test_all_finite_agrees_with_torch_isfinite(dtype):
+    """The stack's and the adjoint's finiteness check, against torch.isfinite: every
+    entry position, NaN and both infinities, and the largest finite values (whose sum
+    would overflow: the check must not call them infinite)."""
+    from resode_tut._arith import all_finite
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 5, generator=gen) * 100).to(dtype)
+    assert all_finite(x) and all_finite(x[:0])
+    if dtype.is_floating_point:
+        huge = torch.full((4096,), torch.finfo(dtype).max, dtype=dtype)
+        assert all_finite(huge) and all_finite(-huge)
+        for i in range(x.numel()):
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                y = x.clone()
+                y.view(-1)[i] = bad
+                assert all_finite(y) == bool(torch.isfinite(y).all()) is False
 
 
 def test_adjoint_must_be_a_bool():
