@@ -3,6 +3,7 @@ same weights (issue 14): random functions, captured tensors, higher-order gradie
 in-place functions, dtype changes, the self-check, function transforms."""
 import math
 import warnings
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -366,3 +367,23 @@ def test_the_backward_re_enters_the_forwards_autocast(scheme, monkeypatch):
     monkeypatch.setattr(adjoint, "_autocast", lambda states: contextlib.nullcontext())
     float32 = err(flat_grads(True))
     assert re_entered < 2.5e-3 and float32 > 1.5 * re_entered, (re_entered, float32)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_backward_inside_autocast_keeps_the_forwards_precision(scheme):
+    """Forward outside autocast, backward called inside a bf16 autocast region: the
+    re-evaluations leave that region (the forward's state, autocast off), so the
+    gradients are bitwise those of a backward outside it."""
+    torch.manual_seed(0)
+    fs = [nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8)) for _ in range(6)]
+    stack = ResidualStack(fs, scheme=scheme, adjoint=True)
+    x = torch.randn(16, 8)
+
+    def grads(inside):
+        out = stack(x)
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if inside else nullcontext()
+        with context:
+            return torch.autograd.grad(out.square().sum(), list(stack.parameters()))
+
+    for a, b in zip(grads(False), grads(True)):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
