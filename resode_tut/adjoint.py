@@ -20,13 +20,16 @@ below).  Backward, for ``n = N-1, ..., 0`` (Sander et al., 2022):
 
 Memory for the residual part is O(1) in depth; the price is evaluating every
 step twice more (reconstruction and re-evaluation), i.e. about 5/3 of
-backprop's work if a vector-Jacobian product costs two evaluations.  The
-measurable floor is two forward passes without a graph plus one backprop step
+backprop's work if a vector-Jacobian product costs two evaluations.  (Heun's
+reversal starts with ``f_{n+1}(x~_{n+1})``, which the previous step's
+re-evaluation has just computed: it is reused, so a Heun step costs five
+evaluations in all, not six.)  The measurable floor is two forward passes without
+a graph plus one backprop step
 (:func:`resode_tut.experiments.gradient_methods.floor_step`); on a CPU this
-backward reaches it within 2-8% for tanh layers of width 64 to 256 (Euler; Heun
-at width 256), and within 16% for Heun at width 64, where the per-step Python
-and autograd-engine calls weigh most (``python -m resode_tut.experiments.ch03
-adjoint`` measures it).
+backward costs 0.96-1.02 times it for tanh layers of width 64 and 256 at depths
+64 and 256 (Euler, and Heun at width 64), and 0.87 times it for Heun at width
+256, where the saved evaluation weighs most (``python -m
+resode_tut.experiments.ch03 adjoint --methods adjoint`` measures it).
 
 What backward guarantees (each one tested against plain backprop):
 

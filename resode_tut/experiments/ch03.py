@@ -132,15 +132,15 @@ def format_table(rows: list[dict]) -> str:
         return "-" if r is None else f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
 
     head = (f"{'N':>6} {'method':>15} {'ms/step':>9} {'x backprop [IQR]':>20} "
-            f"{'x floor':>7} {'MiB kept':>9} {'grad err':>9}")
+            f"{'x floor [IQR]':>20} {'MiB kept':>9} {'grad err':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ms = f"{r['ms']:9.1f}" if r["ms"] is not None else f"{'-':>9}"
-        floor = f"{r['x_floor'][0]:7.2f}" if r["x_floor"] is not None else f"{'-':>7}"
+        floor = ratio(r["x_floor"])
         mib = f"{r['mib']:9.3f}" if r["mib"] is not None else f"{'-':>9}"
         err = f"{r['grad_error']:9.1e}" if r["grad_error"] is not None else f"{'-':>9}"
         lines.append(f"{r['N']:>6} {r['method']:>15} {ms} {ratio(r['x_backprop']):>20} "
-                     f"{floor} {mib} {err}")
+                     f"{floor:>20} {mib} {err}")
     return "\n".join(lines)
 
 
