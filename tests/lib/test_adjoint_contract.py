@@ -387,3 +387,17 @@ def test_a_backward_inside_autocast_keeps_the_forwards_precision(scheme):
 
     for a, b in zip(grads(False), grads(True)):
         assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_torch_compile_of_an_adjoint_stack_gives_the_eager_gradients(scheme):
+    """Under torch.compile the stack's forward is traced up to the adjoint (which calls
+    autograd.Function's entry point directly): the gradients are the eager ones."""
+    torch._dynamo.reset()
+    stack = tanh_stack(6, "smooth", seed=0, dim=4, scheme=scheme)
+    stack.adjoint = True
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    eager = torch.autograd.grad(stack(x).pow(2).sum(), list(stack.parameters()))
+    compiled = torch.compile(stack, backend="eager")
+    got = torch.autograd.grad(compiled(x).pow(2).sum(), list(stack.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(eager, got))
