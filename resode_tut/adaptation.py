@@ -17,7 +17,12 @@ import torch
 
 from .node import NeuralODE, Solver
 
-__all__ = ["initial_step_size", "StepSizeAdapter", "ToleranceAdapter"]
+__all__ = ["initial_step_size", "StepSizeAdapter", "ToleranceAdapter", "PAPER_THRESHOLD"]
+
+#: The paper's batch check (its code's constant): the largest accuracy difference, as a
+#: fraction, between the training solver and the test solver that lets a step (or a
+#: tolerance) grow.  The default of both adapters.
+PAPER_THRESHOLD = 0.1
 
 
 def initial_step_size(field, x: torch.Tensor, order: int = 1) -> float:
@@ -81,7 +86,7 @@ class StepSizeAdapter:
         One entry per check: iteration count, ``h``, both accuracies, action.
     """
 
-    def __init__(self, threshold: float = 0.1, every: int = 50, max_steps: int = 500):
+    def __init__(self, threshold: float = PAPER_THRESHOLD, every: int = 50, max_steps: int = 500):
         self.threshold, self.every, self.max_steps = threshold, every, max_steps
         self.step_size = None
         self.log = []
@@ -171,7 +176,7 @@ class ToleranceAdapter:
     """
 
     def __init__(self, method: str = "fehlberg2", tol: float = 1e-6,
-                 test_method: str = "dopri5", threshold: float = 0.1, every: int = 50,
+                 test_method: str = "dopri5", threshold: float = PAPER_THRESHOLD, every: int = 50,
                  test_factor: float = 5.0, min_test_tol: float = 1e-12, patience: int = 5):
         Solver(method, tol=tol), Solver(test_method, tol=tol)  # validate
         if test_factor <= 1 or min_test_tol <= 0 or patience < 1:

@@ -285,18 +285,17 @@ def _leaves_checked(k, x_req, index, own, n):
     seen, todo, borrowed = set(), [k.grad_fn], []
     while todo:
         node = todo.pop()
-        if node is None:
+        if node is None or node in seen:
             continue
-        if type(node) is _AccumulateGrad:
-            leaf = node.variable
-            if leaf is not x_req and id(leaf) not in own:
-                if id(leaf) not in index:
-                    raise _captured_error(n, leaf)
-                if all(leaf is not q for q in borrowed):
-                    borrowed.append(leaf)
-        elif node not in seen:
-            seen.add(node)
+        seen.add(node)
+        if type(node) is not _AccumulateGrad:
             todo.extend(f for f, _ in node.next_functions)
+            continue
+        leaf = node.variable
+        if leaf is not x_req and id(leaf) not in own:
+            if id(leaf) not in index:
+                raise _captured_error(n, leaf)
+            borrowed.append(leaf)
     return borrowed
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adaptation import PAPER_THRESHOLD
 from ..node import ImageField, NeuralODE, Solver, SphereField
 from ..node_training import train_node
 from ..parallel import parallel_map
@@ -48,7 +49,7 @@ KEEPS = 3.0
 #: The paper's batch check for step-size adaptation: the largest accuracy difference (a
 #: fraction) between Euler at ``h`` and the test solver that lets ``h`` grow (the
 #: default of :class:`resode_tut.StepSizeAdapter`).
-PAPER_CHECK = 0.1
+PAPER_CHECK = PAPER_THRESHOLD
 
 
 def _sphere_dim(task: str) -> int | None:
@@ -881,16 +882,17 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
     seeds = list(config.seeds)
     steps = sorted(config.steps)                                  # most Euler steps first
     thresholds = [PAPER_CHECK] + ([] if config.strict_threshold is None
-                          else [config.strict_threshold])
-    jobs = ([("adapt", config.task, seeds, {**cfg, "threshold": t}) for t in thresholds]
+                                  else [config.strict_threshold])
+    adapt_cfgs = [{**cfg, "threshold": t} for t in thresholds]
+    jobs = ([("adapt", config.task, seeds, c) for c in adapt_cfgs]
             + [("grid", config.task, h, seeds, cfg) for h in steps])
     t0 = time.perf_counter()
     results = parallel_map(_table_job, jobs, processes)
     seconds = time.perf_counter() - t0
-    runs = [_adapted_from(config.task, seeds, {**cfg, "threshold": t}, *r, seconds)[0]
-            for t, r in zip(thresholds, results)]
+    runs = [_adapted_from(config.task, seeds, c, *r, seconds)[0]
+            for c, r in zip(adapt_cfgs, results)]
     adapted, strict = runs[0], (runs[1] if len(runs) > 1 else None)
-    accuracy = {h: acc for h, (acc, _) in zip(steps, results[len(thresholds):])}
+    accuracy = {h: acc for h, (acc, _) in zip(steps, results[len(adapt_cfgs):])}
     grid = SeedGrid(config.task, list(config.steps), seeds, accuracy, config.reference_step,
                     config.iterations, config.lr, seconds)
     try:
