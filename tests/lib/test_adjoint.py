@@ -297,6 +297,26 @@ def test_parameters_frozen_and_unfrozen_between_backwards(scheme):
 
 
 @pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_a_deep_copy_after_a_backward_has_gradients_of_its_own(scheme):
+    """The adjoint keeps per-stack caches of parameters; a copy made after a backward
+    must not use the original's (found by chapter 6's copies of trained networks)."""
+    import pickle
+    stack = tanh_stack(6, "iid", seed=4, dim=3, scheme=scheme)
+    stack.adjoint = True
+    x = torch.randn(4, 3, dtype=torch.float64)
+    grads(stack, x)                                  # fills the caches
+    for twin in (copy.deepcopy(stack), pickle.loads(pickle.dumps(stack))):
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.mul_(0.5)
+        got = grads(twin, x)[1]          # before any module is built or registered
+        plain = ResidualStack(list(twin.functions), scheme=scheme)
+        for a, b in zip(got, grads(plain, x)[1]):
+            assert ((a - b).norm() / b.norm()) < 0.5
+        assert all(p.grad is None for p in stack.parameters())   # the original untouched
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
 def test_evaluations_per_step_in_backward(scheme):
     """Euler: two evaluations of f_n per step in backward (reconstruction, re-evaluation).
     Heun: four per step, less one after the first: f_{n+1}(x~_{n+1}) is reused from the
