@@ -3,7 +3,9 @@ r"""Chapter 5 (solver dependence, Ott et al., 2021): its experiments.
 The computations -- tasks, models, grids of trained models, adapted runs and the
 cached Table 1 -- are in :mod:`resode_tut.experiments.solver_dependence` and
 re-exported here; this module adds :func:`crossing_pairs` -- do 2-d trajectories
-cross? -- and :func:`windermere_fan` -- Lady Windermere's fan.  The training loops
+cross? --, :func:`windermere_fan` -- Lady Windermere's fan -- and :func:`shells`,
+:func:`shell_accuracy`, :func:`shell_stretch` -- what a model does to each of the
+spheres' three shells.  The training loops
 are the library's :func:`resode_tut.train_node` and
 :func:`resode_tut.train_euler_ensemble`.
 """
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
+from ..datasets.small import _SHELLS
 from ..node import NeuralODE, Solver
 from .plots import use_style
 from .solver_dependence import (
@@ -40,7 +43,7 @@ __all__ = ["use_style",
            "KEEPS", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "Table1", "table1",
            "Table1Config", "TABLE1_CONFIGS", "QUICK_TABLE1",
            "train_runs", "crossing_pairs", "windermere_fan", "plot_grid", "plot_adaptation",
-           "learned_seeds", "seed_subset"]
+           "learned_seeds", "seed_subset", "shells", "shell_accuracy", "shell_stretch"]
 
 #: The chapter's quick mode (CI): Table 1's code at seconds' scale -- two steps, two
 #: seeds, 500 iterations at lr 1e-3.  It shows the collapse at h = 1/2 and the adapter
@@ -207,6 +210,87 @@ def crossing_pairs(trajectories: torch.Tensor, same_step: bool = True,
         i, j = np.nonzero(hit)
         pairs.update(zip(o[i, 0].tolist(), owner[j].tolist()))
     return sorted(pairs)
+
+
+# -- the three shells ---------------------------------------------------------------
+# The exact flow of a planar field is a homeomorphism: the middle shell, which separates
+# the inner one from infinity, still encloses it after the flow, so a linear head cannot
+# put the whole middle shell on one side and the inner shell on the other.  What a model
+# does to each shell shows how it copes.
+
+def shells(x: torch.Tensor) -> torch.Tensor:
+    """The shell of each point of the concentric spheres: 0 inner, 1 middle, 2 outer.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, d)
+        Points of :func:`resode_tut.datasets.concentric_spheres`.
+
+    Returns
+    -------
+    torch.Tensor, shape (B,), int64
+    """
+    x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (B, d), got {tuple(x.shape)}")
+    r = x.double().norm(dim=1)
+    index = torch.full(r.shape, -1, dtype=torch.int64)
+    for k, (r_min, r_max, _) in enumerate(_SHELLS):
+        index[(r >= r_min - 1e-6) & (r <= r_max + 1e-6)] = k
+    if (index < 0).any():
+        bad = r[index < 0][0].item()
+        raise ValueError(f"a point at radius {bad:.4g} lies on none of the shells "
+                         f"{[s[:2] for s in _SHELLS]}: pass concentric_spheres data")
+    return index
+
+
+def shell_accuracy(model: NeuralODE, x: torch.Tensor, y: torch.Tensor,
+                   solver: Solver | None = None) -> np.ndarray:
+    """Test accuracy on each shell (inner, middle, outer), in [0, 1].
+
+    Parameters
+    ----------
+    model : NeuralODE
+    x : torch.Tensor, shape (B, d)
+    y : torch.Tensor, shape (B,)
+    solver : Solver, optional
+        Default: the training solver.
+
+    Returns
+    -------
+    numpy.ndarray, shape (3,)
+    """
+    index = shells(x)
+    with torch.no_grad():
+        right = (model(x, solver).argmax(1) == y).double()
+    return np.array([right[index == k].mean().item() for k in range(len(_SHELLS))])
+
+
+def _diameter(z: torch.Tensor) -> float:
+    return torch.cdist(z.double(), z.double()).max().item()
+
+
+def shell_stretch(x: torch.Tensor, z: torch.Tensor) -> float:
+    """How much more a map stretched the middle shell than the inner one:
+    ``(diam z_middle / diam x_middle) / (diam z_inner / diam x_inner)``.
+
+    1 for a map that scales the plane uniformly; large when the middle shell was
+    pulled far apart while the inner one stayed small.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, 2)
+        Points of the spheres (each shell needs two or more).
+    z : torch.Tensor, shape (B, 2)
+        Their images (e.g. ``model.flow(x, solver)[-1]``).
+    """
+    if z.shape != x.shape:
+        raise ValueError(f"z must have the shape of x, {tuple(x.shape)}, got {tuple(z.shape)}")
+    index = shells(x)
+    if min((index == k).sum().item() for k in (0, 1)) < 2:
+        raise ValueError("the inner and the middle shell need two points each")
+    ratio = [_diameter(z[index == k]) / _diameter(x[index == k]) for k in (0, 1)]
+    return ratio[1] / ratio[0]
 
 
 # -- Lady Windermere's fan ---------------------------------------------------------

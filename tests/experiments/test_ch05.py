@@ -3,10 +3,13 @@ import pytest
 import torch
 
 from resode_tut import NeuralODE, Solver, SphereField
-from resode_tut.datasets import xor
+from resode_tut.datasets import concentric_spheres, xor
 from resode_tut.experiments.ch05 import (
     crossing_pairs,
     load_task,
+    shell_accuracy,
+    shell_stretch,
+    shells,
     solver_grid,
     train_runs,
     windermere_fan,
@@ -114,3 +117,43 @@ def test_the_grid_figure_draws_each_model_with_its_seed_range():
                                                     (0.275, "grow"))]
     plot_adaptation([log], axes[0])
     plt.close(fig)
+
+
+def test_shells_are_found_by_radius_and_scored_one_by_one():
+    x, y = concentric_spheres(400, 2, seed=3)
+    index = shells(x)
+    assert index.bincount().tolist() == [100, 200, 100]       # n/4, n/2, n/4
+    assert torch.equal(y, (index == 1).long())                # the middle shell is class 1
+    r = x.norm(dim=1)
+    assert r[index == 0].max() <= 0.15 + 1e-6 and r[index == 2].min() >= 0.40 - 1e-6
+
+    class Fixed(torch.nn.Module):   # logits that get a chosen set of points wrong
+        def __init__(self, wrong):
+            super().__init__()
+            self.wrong = wrong
+
+        def forward(self, x, solver=None):
+            pred = torch.where(self.wrong, 1 - y, y)
+            return torch.nn.functional.one_hot(pred, 2).double()
+
+    wrong = torch.zeros(400, dtype=torch.bool)
+    wrong[(index == 1).nonzero()[:50, 0]] = True              # a quarter of the middle
+    wrong[(index == 2).nonzero()[:10, 0]] = True              # a tenth of the outer
+    assert shell_accuracy(Fixed(wrong), x, y).tolist() == [1.0, 0.75, 0.9]
+    with pytest.raises(ValueError, match="none of the shells"):
+        shells(torch.tensor([[0.2, 0.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        shells(torch.zeros(3))
+
+
+def test_shell_stretch_is_one_for_a_uniform_map_and_grows_when_the_middle_is_pulled_apart():
+    x, _ = concentric_spheres(400, 2, seed=4)
+    rot = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    assert shell_stretch(x, 7 * x @ rot + 3) == pytest.approx(1.0, rel=1e-6)   # float32 points
+    index = shells(x)
+    z = x.clone()
+    z[index == 1] *= 10                                       # middle diameter x10
+    z[index == 0] *= 0.5                                      # inner diameter x0.5
+    assert shell_stretch(x, z) == pytest.approx(20.0, rel=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        shell_stretch(x, z[:10])
