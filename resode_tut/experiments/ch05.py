@@ -244,25 +244,27 @@ def shells(x: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def shell_accuracy(model: NeuralODE, x: torch.Tensor, y: torch.Tensor,
-                   solver: Solver | None = None) -> np.ndarray:
-    """Test accuracy on each shell (inner, middle, outer), in [0, 1].
+def shell_accuracy(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Share of right predictions on each shell (inner, middle, outer), in [0, 1].
 
     Parameters
     ----------
-    model : NeuralODE
+    pred : torch.Tensor, shape (B,)
+        Predicted classes, e.g. ``model.head(z1).argmax(1)``.
     x : torch.Tensor, shape (B, d)
+        The points of the spheres (they name the shells).
     y : torch.Tensor, shape (B,)
-    solver : Solver, optional
-        Default: the training solver.
+        Their classes.
 
     Returns
     -------
     numpy.ndarray, shape (3,)
     """
+    if pred.shape != y.shape or len(y) != len(x):
+        raise ValueError(f"pred {tuple(pred.shape)}, x {tuple(x.shape)} and y "
+                         f"{tuple(y.shape)} must hold the same B points")
     index = shells(x)
-    with torch.no_grad():
-        right = (model(x, solver).argmax(1) == y).double()
+    right = (pred == y).double()
     return np.array([right[index == k].mean().item() for k in range(len(_SHELLS))])
 
 

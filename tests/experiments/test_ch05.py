@@ -127,19 +127,13 @@ def test_shells_are_found_by_radius_and_scored_one_by_one():
     r = x.norm(dim=1)
     assert r[index == 0].max() <= 0.15 + 1e-6 and r[index == 2].min() >= 0.40 - 1e-6
 
-    class Fixed(torch.nn.Module):   # logits that get a chosen set of points wrong
-        def __init__(self, wrong):
-            super().__init__()
-            self.wrong = wrong
-
-        def forward(self, x, solver=None):
-            pred = torch.where(self.wrong, 1 - y, y)
-            return torch.nn.functional.one_hot(pred, 2).double()
-
     wrong = torch.zeros(400, dtype=torch.bool)
     wrong[(index == 1).nonzero()[:50, 0]] = True              # a quarter of the middle
     wrong[(index == 2).nonzero()[:10, 0]] = True              # a tenth of the outer
-    assert shell_accuracy(Fixed(wrong), x, y).tolist() == [1.0, 0.75, 0.9]
+    pred = torch.where(wrong, 1 - y, y)
+    assert shell_accuracy(pred, x, y).tolist() == [1.0, 0.75, 0.9]
+    with pytest.raises(ValueError, match="same B points"):
+        shell_accuracy(pred[:-1], x, y)
     with pytest.raises(ValueError, match="none of the shells"):
         shells(torch.tensor([[0.2, 0.0]]))
     with pytest.raises(ValueError, match="shape"):
