@@ -4,7 +4,7 @@ A result computed by an experiment module is a function of its configuration and
 the code it runs.  :func:`code_modules` finds that code by following the experiment's
 imports (``import``/``from`` statements, read with :mod:`ast`, at any depth of the
 file) through the ``resode_tut`` package, so the list is derived, never kept by hand;
-:func:`code_version` hashes their sources.  Used by chapter 6's result cache.
+:func:`code_version` hashes their sources; :mod:`.shipped` keys results on their tokens.
 """
 from __future__ import annotations
 
@@ -18,8 +18,21 @@ __all__ = ["code_modules", "code_version"]
 _PACKAGE = "resode_tut"
 
 
+def _is_module(name: str) -> bool:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ModuleNotFoundError, ValueError):
+        return False
+    return spec is not None and spec.origin is not None and spec.origin.endswith(".py")
+
+
 def _imports(name: str, path: Path) -> set[str]:
-    """Fully qualified ``resode_tut`` modules imported by the module ``name`` at ``path``."""
+    """Fully qualified ``resode_tut`` modules imported by the module ``name`` at ``path``.
+
+    ``from package import submodule`` names the submodule, not the package; ``from
+    package import name`` (a class, a function) names the package, whose ``__init__``
+    then counts with what it imports.
+    """
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -31,8 +44,10 @@ def _imports(name: str, path: Path) -> set[str]:
                 parts = package.split(".")
                 parent = ".".join(parts[:len(parts) - node.level + 1])
                 base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)   # `from . import x`
+            subs = [f"{base}.{a.name}" for a in node.names]
+            found.update(sub for sub in subs if _is_module(sub))
+            if not all(_is_module(sub) for sub in subs):
+                found.add(base)
     return {n for n in found if n == _PACKAGE or n.startswith(_PACKAGE + ".")}
 
 
@@ -48,24 +63,28 @@ def code_modules(module: str) -> dict[str, Path]:
     -------
     dict
         Module name -> source file, sorted by name; includes ``module`` itself and the
-        ``__init__`` of every package on the way.
+        ``__init__`` of every package on the way (whose own imports count only where a
+        module imports a name from that package).
     """
     seen: dict[str, Path] = {}
-    todo = [module]
+    followed: set[str] = set()
+    todo = [(module, True)]
     while todo:
-        name = todo.pop()
-        if name in seen:
+        name, follow = todo.pop()
+        if name in followed or (name in seen and not follow):
             continue
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ModuleNotFoundError, ValueError):
-            spec = None
-        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-            continue          # a name imported from a module, not a module
-        seen[name] = Path(spec.origin)
-        parents = [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]
-        todo.extend(parents)
-        todo.extend(_imports(name, seen[name]))
+        if name not in seen:
+            spec = importlib.util.find_spec(name) if _is_module(name) else None
+            if spec is None:
+                continue          # a name imported from a module, not a module
+            seen[name] = Path(spec.origin)
+            # a parent package's __init__ runs first, so its own code counts; what it
+            # imports for its users (resode_tut/__init__ imports the whole library) counts
+            # only where a module imports a name from it
+            todo.extend((name.rsplit(".", k)[0], False) for k in range(1, name.count(".") + 1))
+        if follow:
+            followed.add(name)
+            todo.extend((m, True) for m in _imports(name, seen[name]))
     return dict(sorted(seen.items()))
 
 

@@ -1,8 +1,8 @@
 r"""Chapter 5 (solver dependence, Ott et al., 2021): its experiments.
 
-The computations -- tasks, models, grids of trained models, adapted runs and the
-cached Table 1 -- are in :mod:`resode_tut.experiments.solver_dependence` and
-re-exported here; this module adds :func:`crossing_pairs` -- do 2-d trajectories
+The computations -- tasks, models, grids of trained models, adapted runs -- are in
+:mod:`resode_tut.experiments.solver_dependence` and Table 1's shipped result in
+:mod:`resode_tut.experiments.table1`, both re-exported here; this module adds :func:`crossing_pairs` -- do 2-d trajectories
 cross? --, :func:`windermere_fan` -- Lady Windermere's fan -- and :func:`shells`,
 :func:`shell_accuracy`, :func:`shell_stretch` -- what a model does to each of the
 spheres' three shells.  The training loops
@@ -21,22 +21,20 @@ from ..node import NeuralODE, Solver
 from .plots import use_style
 from .solver_dependence import (
     KEEPS,
-    TABLE1_CONFIGS,
     TASKS,
     TEST_FACTORS,
     AdaptedSeeds,
     SeedGrid,
     SolverGrid,
-    Table1,
     Table1Config,
     adapted_seeds,
     load_task,
     make_model,
     seed_grid,
     solver_grid,
-    table1,
     train_runs,
 )
+from .table1 import TABLE1_CONFIGS, Table1, table1
 
 __all__ = ["use_style",
            "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",

@@ -7,21 +7,17 @@ model with euler, midpoint and rk4 at ``h_train / k`` and at a fine reference st
 :func:`seed_grid` -- the same for Euler with several seeds per step, trained together
 (mean +- std, as the paper reports); :func:`adapted_seeds` -- step-size adaptation,
 several seeds trained together; :func:`train_runs` -- several seeded trainings in
-worker processes; :func:`table1` -- the paper's Table 1 (spheres 2-d) rerun at its
-settings, cached under a key of the configuration and of this code
-(``python -m resode_tut.experiments.solver_dependence``).  Chapter 5's presentation
-(crossings, the fan) lives in :mod:`resode_tut.experiments.ch05`, so that editing the
-chapter does not invalidate a cached Table 1.
+worker processes; :func:`compute_table1` -- the paper's Table 1 (spheres 2-d) at its
+settings.  Table 1's shipped result is keyed on this module's code (and what it imports):
+storing, loading and printing it live in :mod:`resode_tut.experiments.table1`, chapter
+5's presentation (crossings, the fan, the shells) in :mod:`resode_tut.experiments.ch05`,
+so that editing either does not make the shipped result stale.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
-import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,13 +27,10 @@ from ..adaptation import PAPER_THRESHOLD
 from ..node import ImageField, NeuralODE, Solver, SphereField
 from ..node_training import train_node
 from ..parallel import parallel_map
-from . import cache
 
 __all__ = ["make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
            "KEEPS", "PAPER_CHECK", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds",
-           "train_runs",
-           "Table1Config", "TABLE1_CONFIGS", "Table1", "table1", "load_table1", "table1_path",
-           "code_version", "main"]
+           "train_runs", "Table1Config", "compute_table1"]
 
 TASKS = ("spheres2d", "spheres3d", "spheres10d", "digits")
 TEST_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -604,11 +597,13 @@ def _adapted_from(task, seeds, cfg, out, states, seconds):
                         cfg["threshold"]), models
 
 
-# -- Table 1 of the paper, rerun at its settings and cached -------------------------
+# -- Table 1 of the paper: what it runs and the run itself ------------------------------
+# (stored, loaded and shown by :mod:`resode_tut.experiments.table1`; this module is the
+# code its shipped result is keyed on)
 
 @dataclass(frozen=True)
 class Table1Config:
-    """What :func:`table1` runs.
+    """What :func:`compute_table1` runs.
 
     Attributes
     ----------
@@ -637,245 +632,33 @@ class Table1Config:
     strict_threshold: float | None = KEEPS / 100
 
 
-#: ``paper``: the paper's settings (Adam lr 1e-4, batch 128, 10,000 iterations, five
-#: seeds, Euler steps 1/2 ... 1/128); ``quick``: the same code in minutes; ``smoke``:
-#: seconds, to check a setup (its numbers mean nothing).
-TABLE1_CONFIGS = {
-    "paper": Table1Config("paper", "spheres2d", tuple(1 / 2 ** k for k in range(1, 8)),
-                          (0, 1, 2, 3, 4), 10_000, 1e-4),
-    "quick": Table1Config("quick", "spheres2d", (1 / 2, 1 / 8, 1 / 32), (0, 1), 1_500, 1e-3),
-    "smoke": Table1Config("smoke", "spheres2d", (1 / 2, 1 / 4), (0, 1), 20, 1e-2,
-                          batch_size=16, reference_step=1 / 16),
-}
-
-
-@dataclass
-class Table1:
-    """Grid search against step-size adaptation, mean +- std over seeds.
-
-    Attributes
-    ----------
-    config : Table1Config
-    grid : SeedGrid
-    adapted : AdaptedSeeds
-    seconds : float
-        Wall time of the whole run.
-    load : float
-        1-minute load average when it ended.
-    processes : int
-        Worker processes.
-    code : str
-        :func:`code_version` of the run.
-    path : str or None
-        The file it was read from or written to.
-    cached : bool
-        True when read from the cache.
-    strict : AdaptedSeeds or None
-        Step adaptation with the batch check at ``config.strict_threshold``.
-    """
-
-    config: Table1Config
-    grid: SeedGrid
-    adapted: AdaptedSeeds
-    seconds: float
-    load: float
-    processes: int
-    code: str
-    path: str | None = None
-    cached: bool = False
-    strict: AdaptedSeeds | None = None
-
-    def grid_choice(self, tol: float = KEEPS) -> float | None:
-        """Grid search's pick: the coarsest step from which on every finer step keeps
-        its accuracy (mean gap over the seeds <= ``tol`` points); None if none does.
-
-        Parameters
-        ----------
-        tol : float
-            Points (%).
-        """
-        return self.grid.critical_step(tol)[0]
-
-    def rows(self, tol: float = KEEPS) -> list[dict]:
-        """The table's rows -- grid search, step adaptation (the paper's check) and,
-        when run, step adaptation with the strict check: method, evaluations per
-        iteration, accuracy (own solver, mean and std over seeds, %) and the largest gap
-        across test solvers (mean over seeds, points).
-
-        Parameters
-        ----------
-        tol : float
-            Points (%), for the grid's pick.
-        """
-        rows = []
-        h = self.grid_choice(tol)
-        if h is not None:
-            rows.append(dict(method="grid search", nfe=1 / h, nfe_std=0.0, step=h,
-                             accuracy=self.grid.mean_std(h), gap=float(np.mean(
-                                 self.grid.gaps(h)))))
-        for method, run in (("step adaptation", self.adapted),
-                            ("step adaptation, strict", self.strict)):
-            if run is None:
-                continue
-            nfe, nfe_std = run.nfe_mean_std()
-            rows.append(dict(method=method, nfe=nfe, nfe_std=nfe_std,
-                             step=float(np.mean(run.step_sizes)), accuracy=run.mean_std(),
-                             gap=float(np.mean(run.gaps())), threshold=run.threshold))
-        return rows
-
-    def to_json(self) -> str:
-        """The result as JSON (test keys written ``"method|k"``)."""
-        enc = lambda acc: {f"{m}|{k}": v for (m, k), v in acc.items()}
-        run = lambda a: None if a is None else dict(
-            step_sizes=a.step_sizes, nfe=a.nfe, accuracy=enc(a.accuracy), logs=a.logs,
-            seconds=a.seconds, threshold=a.threshold)
-        return json.dumps(dict(
-            format=2, config=asdict(self.config), seconds=self.seconds, load=self.load,
-            processes=self.processes, code=self.code, torch=torch.__version__,
-            grid=dict(accuracy={repr(h): enc(a) for h, a in self.grid.accuracy.items()},
-                      seconds=self.grid.seconds),
-            adapted=run(self.adapted), strict=run(self.strict)), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str, path: str | None = None) -> Table1:
-        """Read :meth:`to_json`'s output; ``ValueError`` naming what is wrong otherwise.
-
-        Parameters
-        ----------
-        text : str
-        path : str, optional
-            Recorded as :attr:`path`.
-        """
-        try:
-            d = json.loads(text)
-            if d.get("format") != 2:
-                raise ValueError(f"format {d.get('format')!r}, expected 2")
-            c = d["config"]
-            config = Table1Config(**{**c, "steps": tuple(c["steps"]), "seeds": tuple(c["seeds"])})
-            tests = {f"{m}|{k}": (m, k) for m, k in _test_keys(config)}
-            dec = lambda acc: {tests[name]: [float(v) for v in vals]
-                               for name, vals in acc.items()}
-            accuracy = {float(h): dec(a) for h, a in d["grid"]["accuracy"].items()}
-            if sorted(accuracy) != sorted(config.steps) or any(
-                    len(v) != len(config.seeds) or not np.isfinite(v).all()
-                    for a in accuracy.values() for v in a.values()):
-                raise ValueError("the grid's accuracies do not match its configuration")
-            grid = SeedGrid(config.task, list(config.steps), list(config.seeds), accuracy,
-                            config.reference_step, config.iterations, config.lr,
-                            d["grid"]["seconds"])
-            def run(a, threshold):
-                if a is None:
-                    return None
-                if a["threshold"] != threshold or len(a["step_sizes"]) != len(config.seeds):
-                    raise ValueError("an adapted run does not match its configuration")
-                return AdaptedSeeds(config.task, list(config.seeds), a["step_sizes"],
-                                    a["nfe"], dec(a["accuracy"]), a["logs"],
-                                    config.iterations, config.lr, a["seconds"], threshold)
-            adapted = run(d["adapted"], PAPER_CHECK)
-            strict = run(d["strict"], config.strict_threshold)
-            if adapted is None or (strict is None) != (config.strict_threshold is None):
-                raise ValueError("the adapted runs do not match the configuration")
-            return cls(config, grid, adapted, d["seconds"], d["load"], d["processes"],
-                       d["code"], path, True, strict)
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
-            raise ValueError(f"not a Table 1 result: {err!r}") from err
-
-
-def _test_keys(config: Table1Config, methods=("euler", "midpoint", "rk4")) -> list:
-    return ([("own", 1)] + [(m, k) for m in methods for k in TEST_FACTORS]
-            + [(m, "ref") for m in methods])
-
-
-def code_version() -> str:
-    """SHA-256 (16 hex digits) of the source of this module and of every package module
-    it imports (:func:`resode_tut.experiments.cache.code_version`).
-    """
-    # by name, not __name__: run as ``python -m`` this module is "__main__"
-    return cache.code_version("resode_tut.experiments.solver_dependence")
-
-
-def table1_path(config: Table1Config | str, out_dir=None) -> Path:
-    """Where :func:`table1` caches ``config``'s result: ``out_dir`` (default
-    ``$RESODE_RESULTS``, else ``~/.cache/resode_tut/results``) /
-    ``ch05-table1-<name>-<key>.json``, the key made of the configuration and
-    :func:`code_version`.
-
-    Parameters
-    ----------
-    config : Table1Config or str
-    out_dir : path, optional
-    """
-    config = _table1_config(config)
-    if out_dir is None:
-        env = os.environ.get("RESODE_RESULTS", "").strip()
-        out_dir = (Path(env).expanduser() if env
-                   else Path.home() / ".cache" / "resode_tut" / "results")
-    key = hashlib.sha256(json.dumps({"config": asdict(config), "code": code_version()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    return Path(out_dir) / f"ch05-table1-{config.name}-{key}.json"
-
-
-def _table1_config(config) -> Table1Config:
-    if isinstance(config, Table1Config):
-        return config
-    if config not in TABLE1_CONFIGS:
-        raise ValueError(f"unknown Table 1 configuration {config!r}: choose one of "
-                         f"{sorted(TABLE1_CONFIGS)}")
-    return TABLE1_CONFIGS[config]
-
-
-def load_table1(config: Table1Config | str = "paper", out_dir=None) -> Table1 | None:
-    """The cached result of ``config`` for this code, or None (with a warning when the
-    file is damaged).
-
-    Parameters
-    ----------
-    config : Table1Config or str
-    out_dir : path, optional
-        As for :func:`table1_path`.
-    """
-    path = table1_path(config, out_dir)
-    if not path.is_file():
-        return None
-    try:
-        return Table1.from_json(path.read_text(), str(path))
-    except ValueError as err:
-        warnings.warn(f"ignoring the damaged result {path} ({err}): it is recomputed",
-                      stacklevel=2)
-        return None
-
-
 def _table_job(job):
     return _train_seeds(job[1:]) if job[0] == "grid" else _adapt_seeds(job[1:])
 
 
-def table1(config: Table1Config | str = "paper", processes: int | None = None,
-           out_dir=None, cache_result: bool = True, force: bool = False) -> Table1:
-    """Table 1 of the paper for the 2-d spheres: a seed grid of Euler steps (grid
-    search) and step-size adaptation, each over the same seeds; loaded when a current
-    result is cached, else computed (grid steps and the adapted ensemble in worker
-    processes) and cached.
+def _encode(acc: dict) -> dict:
+    """Test keys ``(method, k)`` written ``"method|k"`` (JSON keys are strings)."""
+    return {f"{m}|{k}": v for (m, k), v in acc.items()}
+
+
+def compute_table1(config: Table1Config, processes: int | None = None) -> dict:
+    """Run Table 1: a seed grid of Euler steps (grid search) and step-size adaptation
+    (the paper's batch check and, when configured, the strict one) over the same seeds,
+    the grid steps and the adapted ensembles in worker processes.
 
     Parameters
     ----------
-    config : Table1Config or str
-        ``"paper"`` or ``"quick"`` (:data:`TABLE1_CONFIGS`), or a configuration.
+    config : Table1Config
     processes : int, optional
         Worker processes (default: all cores).
-    out_dir : path, optional
-        As for :func:`table1_path`.
-    cache_result : bool
-        Read and write the cache (False: always compute, write nothing).
-    force : bool
-        Compute even if a current result is cached (and overwrite it).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``grid`` (accuracies per step and test, one per seed, and the wall
+        time), ``adapted`` and ``strict`` (step sizes, evaluations, accuracies, logs),
+        ``seconds``, ``processes``.
     """
-    config = _table1_config(config)
-    code = code_version()                   # the code that runs, read before it runs
-    path = table1_path(config, out_dir)
-    if cache_result and not force:
-        found = load_table1(config, out_dir)
-        if found is not None:
-            return found
     cfg = dict(iterations=config.iterations, lr=config.lr, batch_size=config.batch_size,
                data_seed=0, test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
                reference_step=config.reference_step)
@@ -891,56 +674,10 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
     seconds = time.perf_counter() - t0
     runs = [_adapted_from(config.task, seeds, c, *r, seconds)[0]
             for c, r in zip(adapt_cfgs, results)]
-    adapted, strict = runs[0], (runs[1] if len(runs) > 1 else None)
-    accuracy = {h: acc for h, (acc, _) in zip(steps, results[len(adapt_cfgs):])}
-    grid = SeedGrid(config.task, list(config.steps), seeds, accuracy, config.reference_step,
-                    config.iterations, config.lr, seconds)
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = float("nan")
-    result = Table1(config, grid, adapted, seconds, load,
-                    processes or os.cpu_count() or 1, code, strict=strict)
-    if cache_result:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(result.to_json())
-        os.replace(tmp, path)                      # atomic: a reader never sees half a file
-        result.path = str(path)
-    return result
-
-
-def main(argv=None) -> int:
-    """``python -m resode_tut.experiments.solver_dependence``: compute and cache Table 1.
-
-    Parameters
-    ----------
-    argv : list of str, optional
-        Command-line arguments (default: ``sys.argv[1:]``).
-    """
-    import argparse
-    parser = argparse.ArgumentParser(
-        description="Rerun Table 1 of Ott et al. (2021) for the 2-d spheres (chapter 5): "
-                    "grid search over Euler steps and step-size adaptation (the paper's "
-                    "check and a strict one), five seeds, "
-                    "cached by configuration and code.")
-    parser.add_argument("--config", default="paper", choices=sorted(TABLE1_CONFIGS))
-    parser.add_argument("--processes", type=int, default=None,
-                        help="worker processes (default: all cores)")
-    parser.add_argument("--out", default=None,
-                        help="results folder (default $RESODE_RESULTS or "
-                             "~/.cache/resode_tut/results)")
-    parser.add_argument("--force", action="store_true", help="run even if a result is cached")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    result = table1(args.config, args.processes, args.out, force=args.force)
-    print(f"{'loaded' if result.cached else 'computed'}: {result.path} "
-          f"({result.seconds:.0f} s on {result.processes} processes, load {result.load:.1f})")
-    for row in result.rows():
-        print(f"{row['method']:<24} NFE {row['nfe']:6.1f}  accuracy "
-              f"{row['accuracy'][0]:5.1f} +- {row['accuracy'][1]:4.1f} %  gap {row['gap']:.1f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    run = lambda a: None if a is None else dict(
+        step_sizes=a.step_sizes, nfe=a.nfe, accuracy=_encode(a.accuracy), logs=a.logs,
+        seconds=a.seconds, threshold=a.threshold)
+    accuracy = {repr(h): _encode(acc) for h, (acc, _) in zip(steps, results[len(adapt_cfgs):])}
+    return dict(grid=dict(accuracy=accuracy, seconds=seconds), adapted=run(runs[0]),
+                strict=run(runs[1] if len(runs) > 1 else None), seconds=seconds,
+                processes=processes or os.cpu_count() or 1)

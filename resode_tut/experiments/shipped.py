@@ -1,0 +1,386 @@
+"""Shipped results: long runs computed once, committed under ``results/``, loaded when current.
+
+Some experiments take longer than a page may (chapter 5's Table 1 at the paper's
+settings, chapter 6's CPU- and GPU-scale fine-tuning).  Each is a command that writes
+one JSON file, ``results/<name>.json``, holding the result and its provenance (command,
+configuration, code version, git commit, torch and Python versions, device, date, wall
+time, load).  The chapters' full mode loads that file when it is *current* and says where
+it came from and how to recompute it; ``RESODE_RECOMPUTE=1`` recomputes instead.
+
+How the key is decided
+----------------------
+A result is current when its ``key`` equals :func:`result_key` of
+
+- the **configuration** (a JSON-able dict, e.g. ``dataclasses.asdict(config)``);
+- the **code that computes it**: every ``resode_tut`` module that the computing module
+  imports, directly or not (:func:`resode_tut.experiments.cache.code_modules`), each
+  reduced to its Python tokens with comments, docstrings, blank lines and layout removed
+  (:func:`code_tokens`).  Rewording a docstring or a comment, or re-wrapping a line, keeps
+  every shipped result current; changing an expression, a default or a constant does not.
+  The computing module is the one that *runs* the experiment, not the one that stores,
+  prints or plots it: Table 1 is keyed on :mod:`~resode_tut.experiments.solver_dependence`,
+  not on :mod:`~resode_tut.experiments.table1`, and chapter 6's fine-tuning on
+  :mod:`~resode_tut.experiments.finetune`, not on the chapter's figures;
+- the **data identity** (e.g. which copy of CIFAR-10), or None for generated data (their
+  generator is code, so it is in the key already);
+- anything else the caller names (the device type, the scale options).
+
+The torch version, the machine and the wall time are provenance, not key: a result
+computed with torch 2.13 on a CPU is shown on Colab's torch, with a line that says which
+torch computed it.  Floating-point sums may differ in their last digits between torch
+builds; keying on the torch version would make every Colab session recompute hours of
+runs to change nothing a figure shows.
+
+A file is written atomically (a reader sees the old file or the whole new one) and read
+as JSON only: a result file can never run code.
+"""
+from __future__ import annotations
+
+import ast
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import time
+import tokenize
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cache import code_modules
+
+__all__ = ["FORMAT", "ShippedResult", "code_tokens", "code_key", "result_key", "results_dir",
+           "recompute_requested", "read", "load_current", "save", "check_writable",
+           "provenance", "describe", "shipped_names"]
+
+#: Version of the file layout; a file of another format is damaged, not stale.
+FORMAT = 1
+_REPO_RESULTS = Path(__file__).resolve().parents[2] / "results"
+
+
+def results_dir() -> Path:
+    """Where shipped results live: ``$RESODE_RESULTS`` if set, else ``results/`` of the
+    checkout this package was imported from (the repository's root), else the copy that
+    the package installs beside itself (``resode_tut/experiments/results``).
+    """
+    env = os.environ.get("RESODE_RESULTS", "").strip()
+    if env:
+        return Path(env).expanduser()
+    if _REPO_RESULTS.is_dir():
+        return _REPO_RESULTS
+    return Path(__file__).resolve().parent / "results"
+
+
+def recompute_requested() -> bool:
+    """True when ``RESODE_RECOMPUTE`` is set to 1 (or true/yes): compute, do not load."""
+    value = os.environ.get("RESODE_RECOMPUTE", "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"RESODE_RECOMPUTE={value!r}: set it to 1 to recompute shipped "
+                     "results, or leave it unset to load them")
+
+
+def _docstring_positions(source: str) -> set[tuple[int, int]]:
+    """(line, column) where each docstring of a module, class or function starts."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                found.add((body[0].lineno, body[0].col_offset))
+    return found
+
+
+def code_tokens(source: str) -> str:
+    """The tokens of a Python source, without comments, docstrings and layout.
+
+    Two sources give the same text exactly when they differ only in comments,
+    docstrings, blank lines, indentation width or line wrapping: what the interpreter
+    runs.  Tokens are joined by one space, each logical line ends in a newline.
+
+    Parameters
+    ----------
+    source : str
+        Python source code.
+
+    Returns
+    -------
+    str
+    """
+    docstrings = _docstring_positions(source)
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    out, depth = [], 0
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    for i, tok in enumerate(tokens):
+        if tok.type in skip:
+            continue
+        if tok.type == tokenize.STRING and tok.start in docstrings:
+            # the docstring's own NEWLINE follows: drop it too
+            if i + 1 < len(tokens) and tokens[i + 1].type == tokenize.NEWLINE:
+                tokens[i + 1] = tokens[i + 1]._replace(type=tokenize.NL)
+            continue
+        if tok.type == tokenize.INDENT:
+            depth += 1
+            continue
+        if tok.type == tokenize.DEDENT:
+            depth -= 1
+            continue
+        if tok.type == tokenize.NEWLINE:
+            out.append("\n")
+            continue
+        if not out or out[-1] == "\n":
+            out.append(" " * depth)       # block structure matters, its width does not
+        else:
+            out.append(" ")
+        out.append(tok.string)
+    return "".join(out)
+
+
+def code_key(module: str) -> str:
+    """SHA-256 (16 hex digits) of :func:`code_tokens` of every ``resode_tut`` module that
+    ``module`` imports, directly or not, ``module`` included.
+
+    Parameters
+    ----------
+    module : str
+        The fully qualified name of the module that computes a result.
+    """
+    digest = hashlib.sha256()
+    for name, path in code_modules(module).items():
+        digest.update(name.encode() + b"\0" + code_tokens(path.read_text()).encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def result_key(config: dict, module: str, data: str | None = None, **extra) -> str:
+    """The key of a result: configuration, the computing code, data identity, extras.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration, JSON-able.
+    module : str
+        The module that computes the result (see :func:`code_key`).
+    data : str, optional
+        The data's identity; None for data the code generates.
+    **extra
+        Anything else that changes the numbers (JSON-able), e.g. ``device="cuda"``.
+    """
+    text = json.dumps({"config": config, "code": code_key(module), "data": data, **extra},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit, ``+changes`` when the package's files differ from it."""
+    here = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(here)], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0 or not head.stdout.strip():
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def provenance(command: str, seconds: float, device: str = "cpu", **more) -> dict:
+    """Where a result comes from: the command, the software, the machine, the time.
+
+    Parameters
+    ----------
+    command : str
+        The command line that recomputes it.
+    seconds : float
+        Its wall time.
+    device : str
+        ``cpu``, or the CUDA device's name.
+    **more
+        Anything else worth recording (processes, load before the run).
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = float("nan")
+    cpu = platform.processor() or platform.machine()
+    return dict(command=command, seconds=round(float(seconds), 1), device=device,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                commit=_git_commit(), torch=torch.__version__, python=platform.python_version(),
+                platform=f"{platform.system()} {cpu}, {os.cpu_count()} cores",
+                load=round(load, 2), **more)
+
+
+@dataclass
+class ShippedResult:
+    """One shipped result file.
+
+    Attributes
+    ----------
+    name : str
+        Its name: the file is ``<results_dir>/<name>.json``.
+    key : str
+        :func:`result_key` when it was computed.
+    config : dict
+        The configuration it was computed for.
+    provenance : dict
+        :func:`provenance`.
+    data : Any
+        The result itself (JSON).
+    path : Path or None
+        The file it was read from or written to.
+    """
+
+    name: str
+    key: str
+    config: dict
+    provenance: dict
+    data: Any
+    path: Path | None = field(default=None, compare=False)
+
+    def to_json(self) -> str:
+        """The file's text."""
+        return json.dumps(dict(format=FORMAT, name=self.name, key=self.key, config=self.config,
+                               provenance=self.provenance, data=self.data), indent=1,
+                          allow_nan=False) + "\n"
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise ValueError(f"a result name is letters, digits, '-', '_' and '.', got {name!r}")
+
+
+def read(name: str, directory=None) -> ShippedResult | None:
+    """The result file ``name``, or None when there is none.
+
+    Parameters
+    ----------
+    name : str
+    directory : path, optional
+        Default :func:`results_dir`.
+
+    Raises
+    ------
+    ValueError
+        The file is damaged (not JSON, cut short, another format or name): the message
+        names it and says how to recompute it.
+    """
+    _check_name(name)
+    path = Path(results_dir() if directory is None else directory) / f"{name}.json"
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"format {d.get('format') if isinstance(d, dict) else d!r}, "
+                             f"expected {FORMAT}")
+        if d["name"] != name or not isinstance(d["key"], str):
+            raise ValueError("its name or key does not match")
+        if not isinstance(d["config"], dict) or not isinstance(d["provenance"], dict):
+            raise ValueError("no configuration or provenance")
+        return ShippedResult(name, d["key"], d["config"], d["provenance"], d["data"], path)
+    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"the result file {path} is damaged ({err!r}): delete it and "
+                         "recompute it") from err
+
+
+def load_current(name: str, key: str, directory=None) -> ShippedResult | None:
+    """The result ``name`` if its key is ``key``; None when it is missing, stale or
+    damaged (a damaged file also warns), or when ``RESODE_RECOMPUTE=1``.
+
+    Parameters
+    ----------
+    name : str
+    key : str
+        :func:`result_key` for the current code and configuration.
+    directory : path, optional
+        Default :func:`results_dir`.
+    """
+    if recompute_requested():
+        return None
+    try:
+        found = read(name, directory)
+    except ValueError as err:
+        warnings.warn(f"{err}; recomputing", stacklevel=2)
+        return None
+    return found if found is not None and found.key == key else None
+
+
+def save(result: ShippedResult, directory=None) -> Path:
+    """Write ``result`` to ``<directory>/<name>.json`` atomically; return the path.
+
+    Parameters
+    ----------
+    result : ShippedResult
+    directory : path, optional
+        Default :func:`results_dir`.
+    """
+    _check_name(result.name)
+    text = result.to_json()
+    directory = Path(results_dir() if directory is None else directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{result.name}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)          # atomic: a reader never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
+    result.path = path
+    return path
+
+
+def check_writable(directory=None) -> Path:
+    """The results folder, after checking that a result can be written there (before
+    any work is done): a file in its place or no permission is a ``ValueError``.
+
+    Parameters
+    ----------
+    directory : path, optional
+        Default :func:`results_dir`.
+    """
+    directory = Path(results_dir() if directory is None else directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"the results folder {directory} is a file: name a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"cannot write to the results folder {directory}: name another")
+    return directory
+
+
+def describe(result: ShippedResult) -> str:
+    """Two lines for a page: where a loaded result came from and how to recompute it.
+
+    Parameters
+    ----------
+    result : ShippedResult
+    """
+    p = result.provenance
+    torch_note = ("" if p.get("torch") == torch.__version__ else
+                  f"; computed with torch {p.get('torch')}, this is {torch.__version__}")
+    commit = f" at commit {p['commit'][:7]}" if p.get("commit") else ""
+    load = f", load {p['load']:.1f}" if isinstance(p.get("load"), (int, float)) else ""
+    return (f"loaded the shipped result results/{result.name}.json (computed "
+            f"{p.get('date', '?')[:10]}{commit} on {p.get('device', '?')}, "
+            f"{p.get('seconds', float('nan')) / 60:.0f} min{load}{torch_note})\n"
+            f"recompute: {p.get('command', '?')}  (or RESODE_RECOMPUTE=1 for this page)")
+
+
+def shipped_names(directory=None) -> list[str]:
+    """The names of the result files in ``directory`` (default :func:`results_dir`).
+
+    Parameters
+    ----------
+    directory : path, optional
+    """
+    directory = Path(results_dir() if directory is None else directory)
+    return sorted(p.stem for p in directory.glob("*.json"))

@@ -1,0 +1,330 @@
+"""Table 1 of Ott et al. (2021), rerun at the paper's settings: a shipped result.
+
+The run itself is :func:`resode_tut.experiments.solver_dependence.compute_table1` (about
+50 minutes on two CPU cores at the paper's settings).  This module stores it as the
+shipped result ``results/ch05-table1-<config>.json`` (:mod:`.shipped`: keyed on the
+configuration and on the code of :mod:`.solver_dependence` and what it imports), loads
+it when current, and prints it.  Command line::
+
+    python -m resode_tut.experiments.table1 --config paper
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from . import shipped
+from .solver_dependence import (
+    KEEPS,
+    PAPER_CHECK,
+    TEST_FACTORS,
+    AdaptedSeeds,
+    SeedGrid,
+    Table1Config,
+    compute_table1,
+)
+
+__all__ = ["Table1Config", "TABLE1_CONFIGS", "Table1", "table1", "load_table1",
+           "result_name", "table1_key", "COMPUTING_MODULE", "main"]
+
+#: The module whose code (and imports) Table 1's result is keyed on.
+COMPUTING_MODULE = "resode_tut.experiments.solver_dependence"
+
+#: ``paper``: the paper's settings (Adam lr 1e-4, batch 128, 10,000 iterations, five
+#: seeds, Euler steps 1/2 ... 1/128); ``quick``: the same code in minutes; ``smoke``:
+#: seconds, to check a setup (its numbers mean nothing).
+TABLE1_CONFIGS = {
+    "paper": Table1Config("paper", "spheres2d", tuple(1 / 2 ** k for k in range(1, 8)),
+                          (0, 1, 2, 3, 4), 10_000, 1e-4),
+    "quick": Table1Config("quick", "spheres2d", (1 / 2, 1 / 8, 1 / 32), (0, 1), 1_500, 1e-3),
+    "smoke": Table1Config("smoke", "spheres2d", (1 / 2, 1 / 4), (0, 1), 20, 1e-2,
+                          batch_size=16, reference_step=1 / 16),
+}
+
+
+@dataclass
+class Table1:
+    """Grid search against step-size adaptation, mean +- std over seeds.
+
+    Attributes
+    ----------
+    config : Table1Config
+    grid : SeedGrid
+    adapted : AdaptedSeeds
+    seconds : float
+        Wall time of the run.
+    processes : int
+        Worker processes.
+    strict : AdaptedSeeds or None
+        Step adaptation with the batch check at ``config.strict_threshold``.
+    shipped : ShippedResult or None
+        The result file it was loaded from or written to, with its provenance; None
+        when it was computed and not stored.
+    cached : bool
+        True when loaded from a file, False when computed now.
+    """
+
+    config: Table1Config
+    grid: SeedGrid
+    adapted: AdaptedSeeds
+    seconds: float
+    processes: int
+    strict: AdaptedSeeds | None = None
+    shipped: shipped.ShippedResult | None = None
+    cached: bool = False
+
+    @property
+    def path(self) -> str | None:
+        """The result file, or None."""
+        return None if self.shipped is None else str(self.shipped.path)
+
+    @property
+    def load(self) -> float:
+        """The 1-minute load average when the run ended (NaN when unknown)."""
+        if self.shipped is None:
+            return float("nan")
+        return float(self.shipped.provenance.get("load_after", float("nan")))
+
+    def grid_choice(self, tol: float = KEEPS) -> float | None:
+        """Grid search's pick: the coarsest step from which on every finer step keeps
+        its accuracy (mean gap over the seeds <= ``tol`` points); None if none does.
+
+        Parameters
+        ----------
+        tol : float
+            Points (%).
+        """
+        return self.grid.critical_step(tol)[0]
+
+    def rows(self, tol: float = KEEPS) -> list[dict]:
+        """The table's rows -- grid search, step adaptation (the paper's check) and,
+        when run, step adaptation with the strict check: method, evaluations per
+        iteration, accuracy (own solver, mean and std over seeds, %) and the largest gap
+        across test solvers (mean over seeds, points).
+
+        Parameters
+        ----------
+        tol : float
+            Points (%), for the grid's pick.
+        """
+        rows = []
+        h = self.grid_choice(tol)
+        if h is not None:
+            rows.append(dict(method="grid search", nfe=1 / h, nfe_std=0.0, step=h,
+                             accuracy=self.grid.mean_std(h), gap=float(np.mean(
+                                 self.grid.gaps(h)))))
+        for method, run in (("step adaptation", self.adapted),
+                            ("step adaptation, strict", self.strict)):
+            if run is None:
+                continue
+            nfe, nfe_std = run.nfe_mean_std()
+            rows.append(dict(method=method, nfe=nfe, nfe_std=nfe_std,
+                             step=float(np.mean(run.step_sizes)), accuracy=run.mean_std(),
+                             gap=float(np.mean(run.gaps())), threshold=run.threshold))
+        return rows
+
+    @classmethod
+    def from_data(cls, config: Table1Config, d: dict) -> Table1:
+        """Rebuild from :func:`compute_table1`'s output; ``ValueError`` naming what is
+        wrong otherwise.
+
+        Parameters
+        ----------
+        config : Table1Config
+        d : dict
+        """
+        try:
+            tests = {f"{m}|{k}": (m, k) for m, k in _test_keys()}
+            dec = lambda acc: {tests[name]: [float(v) for v in vals]
+                               for name, vals in acc.items()}
+            accuracy = {float(h): dec(a) for h, a in d["grid"]["accuracy"].items()}
+            if sorted(accuracy) != sorted(config.steps) or any(
+                    len(v) != len(config.seeds) or not np.isfinite(v).all()
+                    for a in accuracy.values() for v in a.values()):
+                raise ValueError("the grid's accuracies do not match its configuration")
+            grid = SeedGrid(config.task, list(config.steps), list(config.seeds), accuracy,
+                            config.reference_step, config.iterations, config.lr,
+                            d["grid"]["seconds"])
+
+            def run(a, threshold):
+                if a is None:
+                    return None
+                if a["threshold"] != threshold or len(a["step_sizes"]) != len(config.seeds):
+                    raise ValueError("an adapted run does not match its configuration")
+                return AdaptedSeeds(config.task, list(config.seeds), a["step_sizes"],
+                                    a["nfe"], dec(a["accuracy"]), a["logs"],
+                                    config.iterations, config.lr, a["seconds"], threshold)
+            adapted = run(d["adapted"], PAPER_CHECK)
+            strict = run(d["strict"], config.strict_threshold)
+            if adapted is None or (strict is None) != (config.strict_threshold is None):
+                raise ValueError("the adapted runs do not match the configuration")
+            return cls(config, grid, adapted, float(d["seconds"]), int(d["processes"]),
+                       strict)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"not a Table 1 result: {err!r}") from err
+
+
+def _test_keys(methods=("euler", "midpoint", "rk4")) -> list:
+    return ([("own", 1)] + [(m, k) for m in methods for k in TEST_FACTORS]
+            + [(m, "ref") for m in methods])
+
+
+def _table1_config(config) -> Table1Config:
+    if isinstance(config, Table1Config):
+        return config
+    if config not in TABLE1_CONFIGS:
+        raise ValueError(f"unknown Table 1 configuration {config!r}: choose one of "
+                         f"{sorted(TABLE1_CONFIGS)}")
+    return TABLE1_CONFIGS[config]
+
+
+def result_name(config: Table1Config | str) -> str:
+    """The shipped result's name: ``ch05-table1-<config name>``.
+
+    Parameters
+    ----------
+    config : Table1Config or str
+    """
+    return f"ch05-table1-{_table1_config(config).name}"
+
+
+def table1_key(config: Table1Config | str) -> str:
+    """:func:`resode_tut.experiments.shipped.result_key` of ``config`` for this code.
+
+    Parameters
+    ----------
+    config : Table1Config or str
+    """
+    return shipped.result_key(asdict(_table1_config(config)), COMPUTING_MODULE)
+
+
+def load_table1(config: Table1Config | str = "paper", out_dir=None) -> Table1 | None:
+    """The shipped result of ``config`` if it is current for this code, else None (with
+    a warning when the file is damaged or does not hold a Table 1).
+
+    Parameters
+    ----------
+    config : Table1Config or str
+    out_dir : path, optional
+        Results folder (default :func:`resode_tut.experiments.shipped.results_dir`).
+    """
+    config = _table1_config(config)
+    found = shipped.load_current(result_name(config), table1_key(config), out_dir)
+    if found is None:
+        return None
+    try:
+        table = Table1.from_data(config, found.data)
+    except ValueError as err:
+        warnings.warn(f"ignoring the result file {found.path} ({err}): it is recomputed",
+                      stacklevel=2)
+        return None
+    table.shipped, table.cached = found, True
+    return table
+
+
+def command(config: Table1Config | str) -> str:
+    """The command line that recomputes ``config``'s shipped result.
+
+    Parameters
+    ----------
+    config : Table1Config or str
+    """
+    return f"python -m resode_tut.experiments.table1 --config {_table1_config(config).name}"
+
+
+def table1(config: Table1Config | str = "paper", processes: int | None = None,
+           out_dir=None, cache_result: bool = True, force: bool = False) -> Table1:
+    """Table 1 for the 2-d spheres: loaded when a current result is shipped, else
+    computed (:func:`compute_table1`) and, with ``cache_result``, stored.
+
+    Parameters
+    ----------
+    config : Table1Config or str
+        ``"paper"``, ``"quick"`` or ``"smoke"`` (:data:`TABLE1_CONFIGS`), or a
+        configuration.
+    processes : int, optional
+        Worker processes (default: all cores).
+    out_dir : path, optional
+        Results folder (default :func:`resode_tut.experiments.shipped.results_dir`).
+    cache_result : bool
+        Read and write the result file (False: always compute, write nothing).
+    force : bool
+        Compute even if a current result is stored (and overwrite it).
+    """
+    config = _table1_config(config)
+    if processes is not None and processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    key = table1_key(config)               # the code that runs, read before it runs
+    if cache_result:
+        shipped.check_writable(out_dir)    # a bad folder fails now, not after the run
+        if not force:
+            found = load_table1(config, out_dir)
+            if found is not None:
+                return found
+    t0 = time.perf_counter()
+    data = compute_table1(config, processes)
+    table = Table1.from_data(config, data)
+    if cache_result:
+        prov = shipped.provenance(command(config), time.perf_counter() - t0,
+                                  processes=data["processes"])
+        prov["load_after"] = prov.pop("load")
+        result = shipped.ShippedResult(result_name(config), key, asdict(config), prov, data)
+        shipped.save(result, out_dir)
+        table.shipped = result
+    return table
+
+
+def main(argv=None) -> int:
+    """``python -m resode_tut.experiments.table1``: compute and store Table 1.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m resode_tut.experiments.table1",
+        description="Rerun Table 1 of Ott et al. (2021) for the 2-d spheres (chapter 5): "
+                    "grid search over Euler steps and step-size adaptation (the paper's "
+                    "check and a strict one), five seeds; writes "
+                    "results/ch05-table1-<config>.json with its provenance.")
+    parser.add_argument("--config", default="paper", choices=sorted(TABLE1_CONFIGS))
+    parser.add_argument("--processes", type=_positive_int, default=None,
+                        help="worker processes (default: all cores)")
+    parser.add_argument("--out", default=None,
+                        help="results folder (default $RESODE_RESULTS, else the "
+                             "repository's results/)")
+    parser.add_argument("--force", action="store_true",
+                        help="run even if a current result is stored")
+    args = parser.parse_args(argv)
+    try:
+        shipped.check_writable(args.out)
+    except ValueError as err:
+        parser.error(f"--out: {err}")
+    torch.set_num_threads(1)
+    result = table1(args.config, args.processes, args.out, force=args.force)
+    print(f"{'loaded' if result.cached else 'computed'}: {result.path} "
+          f"({result.seconds:.0f} s on {result.processes} processes)")
+    for row in result.rows():
+        print(f"{row['method']:<24} NFE {row['nfe']:6.1f}  accuracy "
+              f"{row['accuracy'][0]:5.1f} +- {row['accuracy'][1]:4.1f} %  gap {row['gap']:.1f}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
