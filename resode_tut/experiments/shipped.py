@@ -56,7 +56,7 @@ import torch
 from .cache import code_modules
 
 __all__ = ["FORMAT", "ShippedResult", "code_tokens", "code_key", "result_key", "results_dir",
-           "recompute_requested", "read", "load_current", "save", "check_writable",
+           "recompute_requested", "git_commit", "read", "load_current", "save", "check_writable",
            "provenance", "describe", "shipped_names"]
 
 #: Version of the file layout; a file of another format is damaged, not stale.
@@ -179,7 +179,7 @@ def result_key(config: dict, module: str, data: str | None = None, **extra) -> s
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """The checkout's commit, ``+changes`` when the package's files differ from it."""
     here = Path(__file__).resolve().parents[1]
     try:
@@ -194,7 +194,8 @@ def _git_commit() -> str | None:
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def provenance(command: str, seconds: float, device: str = "cpu", **more) -> dict:
+def provenance(command: str, seconds: float, device: str = "cpu", commit: str | None = None,
+               **more) -> dict:
     """Where a result comes from: the command, the software, the machine, the time.
 
     Parameters
@@ -205,6 +206,8 @@ def provenance(command: str, seconds: float, device: str = "cpu", **more) -> dic
         Its wall time.
     device : str
         ``cpu``, or the CUDA device's name.
+    commit : str, optional
+        :func:`git_commit` when the run started (default: now).
     **more
         Anything else worth recording (processes, load before the run).
     """
@@ -215,7 +218,7 @@ def provenance(command: str, seconds: float, device: str = "cpu", **more) -> dic
     cpu = platform.processor() or platform.machine()
     return dict(command=command, seconds=round(float(seconds), 1), device=device,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                commit=_git_commit(), torch=torch.__version__, python=platform.python_version(),
+                commit=commit or git_commit(), torch=torch.__version__, python=platform.python_version(),
                 platform=f"{platform.system()} {cpu}, {os.cpu_count()} cores",
                 load=round(load, 2), **more)
 

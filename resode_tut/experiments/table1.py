@@ -266,12 +266,12 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
             found = load_table1(config, out_dir)
             if found is not None:
                 return found
-    t0 = time.perf_counter()
+    commit, t0 = shipped.git_commit(), time.perf_counter()
     data = compute_table1(config, processes)
     table = Table1.from_data(config, data)
     if cache_result:
         prov = shipped.provenance(command(config), time.perf_counter() - t0,
-                                  processes=data["processes"])
+                                  commit=commit, processes=data["processes"])
         prov["load_after"] = prov.pop("load")
         result = shipped.ShippedResult(result_name(config), key, asdict(config), prov, data)
         shipped.save(result, out_dir)
