@@ -1,19 +1,23 @@
-"""What a cached experiment result depends on: the source of every module it imports.
+"""What a stored experiment result depends on: the code of every module it imports.
 
 A result computed by an experiment module is a function of its configuration and of
 the code it runs.  :func:`code_modules` finds that code by following the experiment's
 imports (``import``/``from`` statements, read with :mod:`ast`, at any depth of the
 file) through the ``resode_tut`` package, so the list is derived, never kept by hand;
-:func:`code_version` hashes their sources; :mod:`.shipped` keys results on their tokens.
+:func:`code_version` hashes their sources byte for byte; :func:`code_key` hashes their
+tokens without comments, docstrings and layout (:func:`code_tokens`), which is what
+:mod:`.shipped` results are keyed on.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
 import importlib.util
+import io
+import tokenize
 from pathlib import Path
 
-__all__ = ["code_modules", "code_version"]
+__all__ = ["code_modules", "code_version", "code_tokens", "code_key"]
 
 _PACKAGE = "resode_tut"
 
@@ -93,4 +97,76 @@ def code_version(module: str) -> str:
     digest = hashlib.sha256()
     for name, path in code_modules(module).items():
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _docstring_positions(source: str) -> set[tuple[int, int]]:
+    """(line, column) where each docstring of a module, class or function starts."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                found.add((body[0].lineno, body[0].col_offset))
+    return found
+
+
+def code_tokens(source: str) -> str:
+    """The tokens of a Python source, without comments, docstrings and layout.
+
+    Two sources give the same text exactly when they differ only in comments,
+    docstrings, blank lines, indentation width or line wrapping: what the interpreter
+    runs.  Tokens are joined by one space, each logical line ends in a newline.
+
+    Parameters
+    ----------
+    source : str
+        Python source code.
+
+    Returns
+    -------
+    str
+    """
+    docstrings = _docstring_positions(source)
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    out, depth = [], 0
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    for i, tok in enumerate(tokens):
+        if tok.type in skip:
+            continue
+        if tok.type == tokenize.STRING and tok.start in docstrings:
+            # the docstring's own NEWLINE follows: drop it too
+            if i + 1 < len(tokens) and tokens[i + 1].type == tokenize.NEWLINE:
+                tokens[i + 1] = tokens[i + 1]._replace(type=tokenize.NL)
+            continue
+        if tok.type == tokenize.INDENT:
+            depth += 1
+            continue
+        if tok.type == tokenize.DEDENT:
+            depth -= 1
+            continue
+        if tok.type == tokenize.NEWLINE:
+            out.append("\n")
+            continue
+        if not out or out[-1] == "\n":
+            out.append(" " * depth)       # block structure matters, its width does not
+        else:
+            out.append(" ")
+        out.append(tok.string)
+    return "".join(out)
+
+
+def code_key(module: str) -> str:
+    """SHA-256 (16 hex digits) of :func:`code_tokens` of every ``resode_tut`` module that
+    ``module`` imports, directly or not, ``module`` included.
+
+    Parameters
+    ----------
+    module : str
+        The fully qualified name of the module that computes a result.
+    """
+    digest = hashlib.sha256()
+    for name, path in code_modules(module).items():
+        digest.update(name.encode() + b"\0" + code_tokens(path.read_text()).encode() + b"\0")
     return digest.hexdigest()[:16]

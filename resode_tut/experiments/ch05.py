@@ -2,8 +2,9 @@ r"""Chapter 5 (solver dependence, Ott et al., 2021): its experiments.
 
 The computations -- tasks, models, grids of trained models, adapted runs -- are in
 :mod:`resode_tut.experiments.solver_dependence` and Table 1's shipped result in
-:mod:`resode_tut.experiments.table1`, both re-exported here; this module adds :func:`crossing_pairs` -- do 2-d trajectories
-cross? --, :func:`windermere_fan` -- Lady Windermere's fan -- and :func:`shells`,
+:mod:`resode_tut.experiments.table1`, both re-exported here; this module adds
+:func:`crossing_pairs` -- do 2-d trajectories cross? --, :func:`windermere_fan` --
+Lady Windermere's fan -- and :func:`shells`,
 :func:`shell_accuracy`, :func:`shell_stretch` -- what a model does to each of the
 spheres' three shells.  The training loops
 are the library's :func:`resode_tut.train_node` and

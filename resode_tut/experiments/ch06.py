@@ -28,347 +28,94 @@ Command line (the GPU-scale run; writes JSON, a figure and per-epoch checkpoints
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
-import hashlib
 import json
 import os
-import platform
 import sys
-import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .. import distributed
-from ..cifar_resnet import CifarResNet, untie
-from ..datasets.cifar import SHORT_NAMES, cifar10, data_identity, prepare
-from ..runtime import seed_everything
-from . import cache
+from ..datasets.cifar import SHORT_NAMES, cifar10, data_identity
+from . import shipped
 from .cifar_training import (
     AMP_DTYPES,
     METHODS,
-    accuracy,
-    cuda_step_peak_mib,
-    gradient_agreement,
-    recalibrate_batchnorm,
-    stage_saved_bytes,
-    train,
 )
-from .cli import check_device, torch_device
+from .cli import torch_device
+from .finetune import (
+    CONFIGS,
+    DEFAULT_SCALE,
+    FinetuneConfig,
+    cache_key,
+    code_version,
+    get_config,
+    run,
+    scale_options,
+)
 from .finetune_result import (
     FinetuneResult,
-    FineTuning,
-    Gradients,
     MalformedResult,
-    Memory,
-    Pretraining,
 )
 from .plots import use_style
 
 __all__ = ["use_style",
            "FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
-           "code_version", "default_results_dir", "validate", "FinetuneResult",
+           "code_version", "default_results_dir", "validate", "FinetuneResult", "get_config",
+           "result_name", "command",
            "MalformedResult", "stale_results", "plot_accuracy", "plot_memory",
            "plot_gradients", "plot", "summary", "main"]
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """One scale of the chapter 6 experiment.
-
-    Attributes
-    ----------
-    name : str
-    train_images, test_images : int
-        Images used from each split (0: the whole split).
-    channels : int
-        Width ``C`` of the stage.
-    pretrain_depth, pretrain_epochs, pretrain_lr, pretrain_milestones
-        The tied network: its depth and its SGD schedule (lr / 10 at the milestones).
-    depth : int
-        ``N``, the depth of the untied stage that is fine-tuned.
-    epochs, lr, milestones
-        The fine-tuning schedule (the paper: 50 epochs, lr 1e-3, / 10 at epoch 40).
-    batch : int
-    eval_depths : tuple of int
-        Depths at which the tied network is evaluated with its trained weights.
-    memory_depths, memory_batch
-        Depths and batch size of the memory measurement.
-    gradient_depths, gradient_batch
-        Depths and batch size of the gradient comparison.
-    seed : int
-    """
-
-    name: str
-    train_images: int
-    test_images: int
-    channels: int = 16
-    pretrain_depth: int = 8
-    pretrain_epochs: int = 10
-    pretrain_lr: float = 0.1
-    pretrain_milestones: tuple = ()
-    depth: int = 32
-    epochs: int = 4
-    lr: float = 0.01
-    milestones: tuple = ()
-    batch: int = 128
-    eval_depths: tuple = (2, 4, 8, 16, 32, 64)
-    memory_depths: tuple = (8, 16, 32, 64)
-    memory_batch: int = 128
-    gradient_depths: tuple = (4, 8, 16, 32, 64)
-    gradient_batch: int = 64
-    seed: int = 0
-
-
-CONFIGS = {
-    # CI: a few thousand images, a few epochs, a couple of minutes on 2 CPU cores
-    "quick": FinetuneConfig("quick", train_images=4000, test_images=2000, pretrain_epochs=8,
-                            pretrain_milestones=(6,), epochs=3, lr=0.01),
-    # a CPU-sized run (minutes on 2 cores)
-    "cpu-full": FinetuneConfig("cpu-full", train_images=20000, test_images=10000,
-                               pretrain_epochs=15, pretrain_milestones=(10, 13), epochs=6,
-                               lr=0.01, milestones=(5,), memory_depths=(8, 16, 32, 64, 128),
-                               gradient_depths=(4, 8, 16, 32, 64, 128)),
-    # the whole training set and the paper's fine-tuning schedule (a GPU)
-    "gpu-full": FinetuneConfig("gpu-full", train_images=0, test_images=0, pretrain_epochs=60,
-                               pretrain_milestones=(30, 45), epochs=50, lr=1e-3,
-                               milestones=(40,), memory_depths=(8, 16, 32, 64, 128, 256),
-                               gradient_depths=(4, 8, 16, 32, 64, 128, 256)),
-    # seconds: checks that a setup runs end to end (torchrun, --amp, --resume), not results
-    "smoke": FinetuneConfig("smoke", train_images=512, test_images=256, channels=8,
-                            pretrain_depth=2, pretrain_epochs=2, depth=4, epochs=2, batch=64,
-                            eval_depths=(2, 4), memory_depths=(2, 4), memory_batch=32,
-                            gradient_depths=(2, 4), gradient_batch=16),
-}
-
-def code_version() -> str:
-    """SHA-256 (16 hex digits) of the source of every module this experiment imports,
-    directly or not (:func:`resode_tut.experiments.cache.code_modules`).
-    """
-    return cache.code_version("resode_tut.experiments.ch06")
-
-
-DEFAULT_SCALE = {"processes": 1, "amp": "off", "sync_batchnorm": False}
-
-
-def scale_options(amp: str | None = None, sync_batchnorm: bool = False) -> dict:
-    """How this run is spread and rounded: processes (torchrun's world size), mixed
-    precision and SyncBatchNorm. Part of the cache key and the checkpoints' fingerprint.
-    """
-    return {"processes": distributed.current().world_size, "amp": amp or "off",
-            "sync_batchnorm": bool(sync_batchnorm)}
-
-
-def cache_key(config: FinetuneConfig, device: str | torch.device, data_id: str,
-              scale: dict | None = None) -> str:
-    """Key of a result: configuration, device type, code version, data copy and, when
-    not one process in float32, the scale options (the torch version is recorded in the
-    result, not keyed, so a GPU result made elsewhere can be shown).
-
-    Parameters
-    ----------
-    config : FinetuneConfig
-    device : str or torch.device
-        Only its type (``cpu``, ``cuda``) counts.
-    data_id : str
-        The CIFAR-10 copy (:func:`resode_tut.datasets.cifar.data_identity`): a result
-        from the JPEG mirror is never served for the official archive, nor the reverse.
-    scale : dict, optional
-        :func:`scale_options` (default: one process, float32, plain BatchNorm).
-    """
-    key = {"config": asdict(config), "device": torch.device(device).type,
-           "code": code_version(), "data": data_id}
-    if scale is not None and scale != DEFAULT_SCALE:
-        key["scale"] = scale
-    text = json.dumps(key, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def default_results_dir() -> Path:
-    """``$RESODE_RESULTS``, else ``~/.cache/resode_tut/results``."""
-    env = os.environ.get("RESODE_RESULTS", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "resode_tut" / "results"
-
-
-def _config(config: FinetuneConfig | str) -> FinetuneConfig:
-    if isinstance(config, FinetuneConfig):
-        return config
-    if config not in CONFIGS:
-        raise ValueError(f"unknown configuration {config!r}: choose one of {sorted(CONFIGS)} "
-                         "or pass a FinetuneConfig")
-    return CONFIGS[config]
-
-
-def _path(config: FinetuneConfig, device, out_dir: Path, data_id: str,
-          scale: dict | None = None) -> Path:
-    key = cache_key(config, device, data_id, scale)
-    return Path(out_dir) / f"finetune-{config.name}-{key}.json"
-
-
-def _split(root, train: bool, n: int, seed: int, download: bool):
-    data = cifar10(root, train=train, download=download)
-    return data if n in (0, len(data)) else data.subset(n, seed)
-
-
-def _stage_vector(model: CifarResNet) -> torch.Tensor:
-    """All of the stage's parameters as one float64 vector on the CPU."""
-    return torch.cat([p.detach().double().cpu().flatten() for p in model.stage.parameters()])
-
-
-def _depth_copy(model: CifarResNet, depth: int, device, train_data=None) -> CifarResNet:
-    """``untie(model, depth)`` on ``device``; with ``train_data``, each layer's BatchNorm
-    statistics re-estimated for its own step (see :func:`recalibrate_batchnorm`).
+    """Where results are stored: :func:`resode_tut.experiments.shipped.results_dir`
+    (``$RESODE_RESULTS``, else the repository's ``results/``).
     """
-    copy_ = untie(model, depth).to(device)
-    if train_data is not None:
-        recalibrate_batchnorm(copy_, train_data, device=device)
-    return copy_
+    return shipped.results_dir()
 
 
-def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
-        data_root=None, download: bool = False, amp: str | None = None,
-        sync_batchnorm: bool = False, checkpoint_dir=None,
-        resume: bool = False) -> FinetuneResult:
-    """Run the whole experiment once (see the module docstring).
+def default_checkpoint_root() -> Path:
+    """Where the command line keeps per-epoch checkpoints by default:
+    ``$RESODE_CHECKPOINTS``, else ``~/.cache/resode_tut/checkpoints`` (never the results
+    folder, which is committed).
+    """
+    env = os.environ.get("RESODE_CHECKPOINTS", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "resode_tut" / "checkpoints"
+
+
+def result_name(config: FinetuneConfig | str, device: str | torch.device = "cpu",
+                scale: dict | None = None) -> str:
+    """The stored result's name: ``ch06-<config>-<device type>``, plus the scale options
+    when they are not one process in float32 (e.g. ``ch06-gpu-full-cuda-bf16-4p``).
 
     Parameters
     ----------
-    config : FinetuneConfig or one of ``CONFIGS``' names
+    config : FinetuneConfig or str
     device : str or torch.device
-    data_root : path, optional
-        Folder holding ``cifar-10-batches-py`` (default
-        :func:`resode_tut.datasets.cifar.default_root`).
-    download : bool
-        Download the official archive if the data are missing.
-    amp : {None, "bf16", "fp16"}
-        Mixed precision for every training (see :func:`cifar_training.train`).
-    sync_batchnorm : bool
-        Under torchrun: BatchNorm statistics over the global batch (CUDA).
-    checkpoint_dir : path, optional
-        A checkpoint per training phase (``pretrain.pt``, ``finetune-<method>.pt``),
-        written after every epoch.
-    resume : bool
-        Continue each phase from its checkpoint: a killed run ends as an
-        uninterrupted one would, having lost at most the epoch it was in.
-
-    Under torchrun every process runs this (the trainings are data-parallel; the
-    measurements are repeated by each process and agree).
-
-    Returns
-    -------
-    FinetuneResult
-        The tied network's training and its accuracy at ``eval_depths``, both
-        fine-tunings, the stage's memory and the gradient agreement against depth.
+    scale : dict, optional
+        :func:`scale_options`.
     """
-    config = _config(config)
-    device = check_device(device)
-    t_start, load_start = time.perf_counter(), _load_average()
-    seed_everything(config.seed)
-    train_data = _split(data_root, True, config.train_images, config.seed, download)
-    test_data = _split(data_root, False, config.test_images, config.seed, download)
-    data_id = data_identity(data_root)
-    scale = scale_options(amp, sync_batchnorm)
-    key = cache_key(config, device, data_id, scale)
-
-    def fit(phase):
-        return dict(device=device, batch=config.batch, amp=amp, sync_batchnorm=sync_batchnorm,
-                    resume=resume, fingerprint=f"{key}/{phase}",
-                    checkpoint=None if checkpoint_dir is None
-                    else Path(checkpoint_dir) / f"{phase}.pt")
-
-    # 1. the tied network, and the same weights at other depths
-    tied = CifarResNet(config.pretrain_depth, config.channels, tied=True, seed=config.seed)
-    # (the shared BatchNorm's running statistics fit no single step: evaluate an untied
-    # copy with per-step statistics)
-    def tied_accuracy(model, depth=config.pretrain_depth):
-        return accuracy(_depth_copy(model, depth, device, train_data), test_data, device=device)
-
-    pre = train(tied, train_data, test_data, config.pretrain_epochs, config.pretrain_lr,
-                milestones=config.pretrain_milestones, seed=config.seed,
-                desc=f"pre-train tied N={config.pretrain_depth}", evaluate=tied_accuracy,
-                **fit("pretrain"))
-    shared_stats = accuracy(tied, test_data, device=device)
-    at_depth = {d: tied_accuracy(tied, d) for d in config.eval_depths}
-
-    # the batch on which the adjoint's gradients are compared with backprop's
-    gen = torch.Generator().manual_seed(config.seed)
-    pick = torch.randperm(len(test_data), generator=gen)
-    grad_idx = pick[:config.gradient_batch]
-    x_g = prepare(test_data.images[grad_idx]).to(device)
-    y_g = test_data.labels[grad_idx].to(device)
-
-    def adjoint_epoch_end(model):   # after each adjoint fine-tuning epoch: both numbers
-        return accuracy(model, test_data, device=device), \
-            gradient_agreement(model, x_g, y_g).median
-
-    # 2. untie, fine-tune from the same start with the same seed, once per method, and
-    #    once with the stage frozen (what a stage that learns nothing would give)
-    start = _depth_copy(tied, config.depth, device, train_data)
-    start_acc = accuracy(start, test_data, device=device)
-    curves, finetuned = {}, {}
-    for method in (*METHODS, "frozen"):
-        model = copy.deepcopy(start)
-        for p in model.stage.parameters():
-            p.requires_grad_(method != "frozen")
-        hist = train(model, train_data, test_data, config.epochs, config.lr,
-                     method="backprop" if method == "frozen" else method,
-                     milestones=config.milestones, seed=config.seed + 1,
-                     desc=f"fine-tune N={config.depth} ({method})",
-                     evaluate=adjoint_epoch_end if method == "adjoint" else None,
-                     **fit(f"finetune-{method}"))
-        travel = float((_stage_vector(model) - _stage_vector(start)).norm())
-        curves[method] = FineTuning([start_acc] + hist.test_accuracy, hist.train_loss,
-                                    hist.seconds, travel)
-        if method in METHODS:
-            finetuned[method] = model
-        if method == "adjoint":
-            during = hist.notes
-    stage_gap = float((_stage_vector(finetuned["adjoint"])
-                       - _stage_vector(finetuned["backprop"])).norm())
-
-    # 3. memory kept by the stage, against depth
-    mem_idx = pick[:config.memory_batch]
-    x_mem = prepare(test_data.images[mem_idx]).to(device)
-    y_mem = test_data.labels[mem_idx].to(device)
-    mem = Memory(list(config.memory_depths), config.memory_batch,
-                 {m: [] for m in METHODS}, {m: [] for m in METHODS})
-    for d in config.memory_depths:
-        model = _depth_copy(tied, d, device)
-        for m in METHODS:
-            mem.saved_bytes[m].append(stage_saved_bytes(model, x_mem, m))
-            if device.type == "cuda":
-                mem.cuda_peak_mib[m].append(cuda_step_peak_mib(model, x_mem, y_mem, m))
-
-    # 4. gradient agreement against depth
-    grads = Gradients(list(config.gradient_depths), config.gradient_batch,
-                      [gradient_agreement(_depth_copy(tied, d, device), x_g, y_g)
-                       for d in config.gradient_depths],
-                      {m: gradient_agreement(finetuned[m], x_g, y_g) for m in METHODS},
-                      during)
-
-    return FinetuneResult(
-        config=config, key=key, code=code_version(),
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        torch=torch.__version__, data_source=train_data.source, data_id=data_id,
-        train_images=len(train_data), test_images=len(test_data),
-        pretrain=Pretraining(config.pretrain_depth, pre.test_accuracy, pre.train_loss,
-                             pre.seconds, at_depth, shared_stats),
-        depth=config.depth, finetune=curves, stage_gap=stage_gap, memory=mem,
-        gradients=grads,
-        seconds=time.perf_counter() - t_start, load_average=[load_start, _load_average()],
-        scale=scale)
+    name = f"ch06-{get_config(config).name}-{torch.device(device).type}"
+    if scale is not None and scale != DEFAULT_SCALE:
+        name += (f"-{scale['amp']}-{scale['processes']}p"
+                 + ("-syncbn" if scale["sync_batchnorm"] else ""))
+    return name
 
 
-def _load_average() -> float:
-    """The 1-minute load average (NaN where the OS has none): wall times are read with it."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return float("nan")
+def command(config: FinetuneConfig | str, device: str | torch.device = "cpu") -> str:
+    """The command line that recomputes ``config``'s result on ``device``.
+
+    Parameters
+    ----------
+    config : FinetuneConfig or str
+    device : str or torch.device
+    """
+    extra = " --download" if torch.device(device).type == "cuda" else ""
+    return (f"python -m resode_tut.experiments.ch06 --config {get_config(config).name} "
+            f"--device {torch.device(device).type}{extra}")
 
 
 def validate(result: FinetuneResult, config: FinetuneConfig | str) -> str | None:
@@ -384,40 +131,46 @@ def validate(result: FinetuneResult, config: FinetuneConfig | str) -> str | None
     config : FinetuneConfig or str
         A configuration or the name of one of :data:`CONFIGS`.
     """
-    if result.config != _config(config):
+    if result.config != get_config(config):
         return "written for another configuration"
     return result.problems(METHODS)
 
 
-def _read(path: Path, config: FinetuneConfig, device,
+def _read(name: str, out_dir: Path, config: FinetuneConfig, device,
           data_id: str | None) -> FinetuneResult | None:
-    """The result in ``path`` if it is current (for ``data_id``; for the data copy it
+    """The stored result ``name`` if it is current (for ``data_id``; for the data copy it
     names when ``data_id`` is None) and complete; ``None`` (with a warning for a
     damaged or incomplete file) otherwise.
     """
-    if not path.is_file():
+    if shipped.recompute_requested():
         return None
     try:
-        result = FinetuneResult.from_json(path.read_text(), FinetuneConfig)
-    except MalformedResult as err:
-        warnings.warn(f"ignoring the damaged result file {path} ({err}): it is recomputed",
-                      stacklevel=3)
+        found = shipped.read(name, out_dir)
+        if found is None:
+            return None
+        result = FinetuneResult.from_json(json.dumps(found.data), FinetuneConfig)
+    except (ValueError, MalformedResult) as err:
+        warnings.warn(f"ignoring the damaged result file {Path(out_dir) / name}.json ({err}): "
+                      "it is recomputed", stacklevel=3)
         return None
-    if result.key != cache_key(config, device, result.data_id if data_id is None else data_id,
-                               result.scale):
+    expected = cache_key(config, device, result.data_id if data_id is None else data_id,
+                         result.scale)
+    if found.key != expected or result.key != expected:
         return None
     problem = validate(result, config)
     if problem is not None:
-        warnings.warn(f"ignoring the incomplete result file {path} ({problem}): it is "
+        warnings.warn(f"ignoring the incomplete result file {found.path} ({problem}): it is "
                       "recomputed", stacklevel=3)
         return None
-    return dataclasses.replace(result, path=str(path), cached=True)
+    return dataclasses.replace(result, path=str(found.path), cached=True, shipped=found)
 
 
 def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
-         out_dir=None, data_root=None, any_data: bool = False) -> FinetuneResult | None:
-    """The cached result for this configuration, device type, code and data copy, or
-    ``None`` (also, with a warning, for a damaged or incomplete file).
+         out_dir=None, data_root=None, any_data: bool = False,
+         scale: dict | None = None) -> FinetuneResult | None:
+    """The stored result for this configuration, device type, code and data copy, or
+    ``None`` (also, with a warning, for a damaged or incomplete file, and always when
+    ``RESODE_RECOMPUTE=1``).
 
     Parameters
     ----------
@@ -429,26 +182,22 @@ def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     data_root : path, optional
         Folder holding ``cifar-10-batches-py``: the result must come from that copy.
     any_data : bool
-        Instead, the newest current result from any copy of CIFAR-10 (it names its
-        copy in ``data_source``): for showing a result made on another machine.
+        Instead, the result from whatever copy of CIFAR-10 it names in ``data_source``:
+        for showing a result made on another machine (the shipped results come from the
+        JPEG mirror; Colab reads the official archive).
+    scale : dict, optional
+        :func:`scale_options` (default: one process, float32).
     """
-    config = _config(config)
+    config = get_config(config)
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
-    if not any_data:
-        data_id = data_identity(data_root)
-        return _read(_path(config, device, out_dir, data_id), config, device, data_id)
-    files = sorted(out_dir.glob(f"finetune-{config.name}-*.json"),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in files:
-        result = _read(path, config, device, None)
-        if result is not None:
-            return result
-    return None
+    name = result_name(config, device, scale)
+    data_id = None if any_data else data_identity(data_root)
+    return _read(name, out_dir, config, device, data_id)
 
 
 def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
-    """Result files of this configuration's name that are *not* current (other
-    configuration or code, or damaged): they are never loaded.
+    """Result files of this configuration that are *not* current (other configuration,
+    code or scale, or damaged): they are never loaded.
 
     Parameters
     ----------
@@ -457,13 +206,18 @@ def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
     out_dir : path, optional
         Results folder (default :func:`default_results_dir`).
     """
-    config = _config(config)
+    config = get_config(config)
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
     stale = []
-    for path in sorted(out_dir.glob(f"finetune-{config.name}-*.json")):
+    for path in sorted(out_dir.glob(f"ch06-{config.name}-*.json")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if all(_read(path, config, d, None) is None for d in ("cpu", "cuda")):
+            current = False
+            for device in ("cpu", "cuda"):
+                found = _read(path.stem, out_dir, config, device, None)
+                current |= (found is not None
+                            and path.stem == result_name(config, device, found.scale))
+            if not current:
                 stale.append(path)
     return stale
 
@@ -471,9 +225,11 @@ def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
 def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                   out_dir=None, data_root=None, download: bool = False,
                   force: bool = False, amp: str | None = None, sync_batchnorm: bool = False,
-                  checkpoint_dir=None, resume: bool = False) -> FinetuneResult:
-    """:func:`load` the result if cached (same configuration, device type, code),
-    else :func:`run` it and write it (JSON, atomically) under ``out_dir``.
+                  checkpoint_dir=None, resume: bool = False,
+                  any_data: bool = False) -> FinetuneResult:
+    """:func:`load` the result if stored and current (same configuration, device type,
+    code, data copy), else :func:`run` it and store it under ``out_dir`` with its
+    provenance (:mod:`resode_tut.experiments.shipped`).
 
     Parameters
     ----------
@@ -487,7 +243,7 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
     download : bool
         Download the official archive if the data are missing.
     force : bool
-        Run even if a current result is cached.
+        Run even if a current result is stored.
     amp : {None, "bf16", "fp16"}
         Mixed precision, as for :func:`run`.
     sync_batchnorm : bool
@@ -496,6 +252,9 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
         As for :func:`run`.
     resume : bool
         As for :func:`run`.
+    any_data : bool
+        Load a stored result computed on any copy of CIFAR-10 (as :func:`load`); a new
+        run still reads ``data_root``.
 
     Under torchrun every process calls it; only rank 0 writes the file.
 
@@ -506,29 +265,38 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
         A result that fails :func:`validate` is never written; a damaged or incomplete
         file is recomputed with a warning.
     """
-    config = _config(config)
+    config = get_config(config)
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
+    shipped.check_writable(out_dir)            # a bad folder fails now, not after the run
+    scale = scale_options(amp, sync_batchnorm)
+    name = result_name(config, device, scale)
+    if not force and any_data:
+        result = _read(name, out_dir, config, device, None)
+        if result is not None:
+            return result
     cifar10(data_root, train=False, download=download)   # there, and sound, or fetched
     data_id = data_identity(data_root)
-    path = _path(config, device, out_dir, data_id, scale_options(amp, sync_batchnorm))
-    result = None if force else _read(path, config, device, data_id)
+    result = None if force else _read(name, out_dir, config, device, data_id)
     if result is None:
+        commit = shipped.git_commit()
         result = run(config, device, data_root, download, amp, sync_batchnorm,
                      checkpoint_dir, resume)
         problem = validate(result, config)
         if problem is not None:
             raise RuntimeError(f"the run gave an incomplete result ({problem}); not cached")
+        stored = shipped.ShippedResult(
+            name, result.key, asdict(config),
+            shipped.provenance(command(config, device), result.seconds, result.device,
+                               commit=commit, data=result.data_source, scale=scale,
+                               load_before=round(result.load_average[0], 2)),
+            json.loads(result.to_json()))
         if distributed.current().is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            # atomic: a reader sees the old file or the whole new one, never half of it
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(result.to_json())
-            os.replace(tmp, path)
-        result = dataclasses.replace(result, path=str(path), cached=False)
+            shipped.save(stored, out_dir)
+        result = dataclasses.replace(result, path=str(out_dir / f"{name}.json"), cached=False,
+                                     shipped=stored)
     return result
 
 
-# -- figures -------------------------------------------------------------------
 _COLOURS = {"backprop": "tab:blue", "adjoint": "tab:orange"}
 
 
@@ -678,9 +446,9 @@ def main(argv=None) -> int:
     parser.add_argument("--download", action="store_true",
                         help="download the official archive if the data are missing")
     parser.add_argument("--out", default=None,
-                        help="results folder (default $RESODE_RESULTS or "
-                             "~/.cache/resode_tut/results)")
-    parser.add_argument("--force", action="store_true", help="run even if a result is cached")
+                        help="results folder (default $RESODE_RESULTS, else the "
+                             "repository's results/)")
+    parser.add_argument("--force", action="store_true", help="run even if a result is stored")
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
                         help="mixed precision: autocast to bfloat16 or float16 (with a "
                              "gradient scaler); the adjoint's backward re-enters it")
@@ -689,15 +457,19 @@ def main(argv=None) -> int:
                              "(SyncBatchNorm, CUDA only)")
     parser.add_argument("--checkpoints", default=None,
                         help="folder of the per-epoch checkpoints (default: "
-                             "<out>/checkpoints/<configuration>-<key>)")
+                             "$RESODE_CHECKPOINTS or ~/.cache/resode_tut/checkpoints, "
+                             "/<configuration>-<key>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoints (automatic after torchrun's "
                              "elastic restart)")
     args = parser.parse_args(argv)
+    for flag, folder in (("--out", args.out), ("--checkpoints", args.checkpoints)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            parser.error(f"{flag} {folder} is a file: name a folder")
     dist, device = distributed.setup(args.device)
     try:
         out = default_results_dir() if args.out is None else Path(args.out)
-        config = _config(args.config)
+        config = get_config(args.config)
         if args.download:   # one process fetches, the others wait for it
             if dist.is_main:
                 cifar10(args.data, train=False, download=True)
@@ -706,7 +478,7 @@ def main(argv=None) -> int:
         if checkpoints is None:
             key = cache_key(config, device, data_identity(args.data),
                             scale_options(args.amp, args.sync_bn))
-            checkpoints = out / "checkpoints" / f"{config.name}-{key}"
+            checkpoints = default_checkpoint_root() / f"{config.name}-{key}"
         # torchrun --max-restarts: a restarted worker continues from the last epoch
         resume = args.resume or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
         result = train_or_load(config, device, out, args.data, False, args.force,

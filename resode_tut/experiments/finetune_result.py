@@ -170,6 +170,9 @@ class FinetuneResult:
         The cache file it was read from or written to (not stored in the file).
     cached : bool
         True when it was loaded rather than computed (not stored in the file).
+    shipped : ShippedResult or None
+        The stored file with its provenance (:mod:`resode_tut.experiments.shipped`;
+        not stored in the result itself).
     """
 
     config: object
@@ -193,12 +196,13 @@ class FinetuneResult:
                                                  "sync_batchnorm": False})
     path: str | None = field(default=None, compare=False)
     cached: bool = field(default=False, compare=False)
+    shipped: object = field(default=None, compare=False)
 
-    _TRANSIENT = ("path", "cached")
+    _TRANSIENT = ("path", "cached", "shipped")
 
     def to_json(self) -> str:
-        """The result as JSON text (``path`` and ``cached`` left out)."""
-        data = dataclasses.asdict(self)
+        """The result as JSON text (``path``, ``cached`` and ``shipped`` left out)."""
+        data = dataclasses.asdict(dataclasses.replace(self, shipped=None))
         for name in self._TRANSIENT:
             data.pop(name)
         data["pretrain"]["accuracy_at_depth"] = {

@@ -36,16 +36,13 @@ as JSON only: a result file can never run code.
 """
 from __future__ import annotations
 
-import ast
 import datetime
 import hashlib
-import io
 import json
 import os
 import platform
 import subprocess
 import time
-import tokenize
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +50,7 @@ from typing import Any
 
 import torch
 
-from .cache import code_modules
+from .cache import code_key, code_tokens
 
 __all__ = ["FORMAT", "ShippedResult", "code_tokens", "code_key", "result_key", "results_dir",
            "recompute_requested", "git_commit", "read", "load_current", "save", "check_writable",
@@ -86,78 +83,6 @@ def recompute_requested() -> bool:
         return True
     raise ValueError(f"RESODE_RECOMPUTE={value!r}: set it to 1 to recompute shipped "
                      "results, or leave it unset to load them")
-
-
-def _docstring_positions(source: str) -> set[tuple[int, int]]:
-    """(line, column) where each docstring of a module, class or function starts."""
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                    and isinstance(body[0].value.value, str)):
-                found.add((body[0].lineno, body[0].col_offset))
-    return found
-
-
-def code_tokens(source: str) -> str:
-    """The tokens of a Python source, without comments, docstrings and layout.
-
-    Two sources give the same text exactly when they differ only in comments,
-    docstrings, blank lines, indentation width or line wrapping: what the interpreter
-    runs.  Tokens are joined by one space, each logical line ends in a newline.
-
-    Parameters
-    ----------
-    source : str
-        Python source code.
-
-    Returns
-    -------
-    str
-    """
-    docstrings = _docstring_positions(source)
-    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
-    out, depth = [], 0
-    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    for i, tok in enumerate(tokens):
-        if tok.type in skip:
-            continue
-        if tok.type == tokenize.STRING and tok.start in docstrings:
-            # the docstring's own NEWLINE follows: drop it too
-            if i + 1 < len(tokens) and tokens[i + 1].type == tokenize.NEWLINE:
-                tokens[i + 1] = tokens[i + 1]._replace(type=tokenize.NL)
-            continue
-        if tok.type == tokenize.INDENT:
-            depth += 1
-            continue
-        if tok.type == tokenize.DEDENT:
-            depth -= 1
-            continue
-        if tok.type == tokenize.NEWLINE:
-            out.append("\n")
-            continue
-        if not out or out[-1] == "\n":
-            out.append(" " * depth)       # block structure matters, its width does not
-        else:
-            out.append(" ")
-        out.append(tok.string)
-    return "".join(out)
-
-
-def code_key(module: str) -> str:
-    """SHA-256 (16 hex digits) of :func:`code_tokens` of every ``resode_tut`` module that
-    ``module`` imports, directly or not, ``module`` included.
-
-    Parameters
-    ----------
-    module : str
-        The fully qualified name of the module that computes a result.
-    """
-    digest = hashlib.sha256()
-    for name, path in code_modules(module).items():
-        digest.update(name.encode() + b"\0" + code_tokens(path.read_text()).encode() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def result_key(config: dict, module: str, data: str | None = None, **extra) -> str:
@@ -218,7 +143,8 @@ def provenance(command: str, seconds: float, device: str = "cpu", commit: str | 
     cpu = platform.processor() or platform.machine()
     return dict(command=command, seconds=round(float(seconds), 1), device=device,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                commit=commit or git_commit(), torch=torch.__version__, python=platform.python_version(),
+                commit=commit or git_commit(), torch=torch.__version__,
+                python=platform.python_version(),
                 platform=f"{platform.system()} {cpu}, {os.cpu_count()} cores",
                 load=round(load, 2), **more)
 

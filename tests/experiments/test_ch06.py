@@ -14,6 +14,7 @@ from resode_tut import CifarResNet, untie
 from resode_tut.datasets import cifar as cifar_data
 from resode_tut.datasets.cifar import cifar10
 from resode_tut.experiments import ch06 as finetune
+from resode_tut.experiments import finetune as compute
 from resode_tut.experiments.cifar_training import (
     gradient_agreement,
     stage_saved_bytes,
@@ -131,7 +132,7 @@ def test_the_cache_key_follows_configuration_device_code_and_data(monkeypatch):
                                      "cpu", "other:1")
     assert key != finetune.cache_key(TINY, "cuda", "other:1")
     assert key != finetune.cache_key(TINY, "cpu", "official:1")
-    monkeypatch.setattr(finetune, "code_version", lambda: "something else")
+    monkeypatch.setattr(compute, "code_version", lambda: "something else")
     assert key != finetune.cache_key(TINY, "cpu", "other:1")
 
 
@@ -154,15 +155,20 @@ def test_a_result_from_one_data_copy_is_never_served_for_another(tmp_path, monke
     from_official = finetune.train_or_load(TINY, "cpu", out, data_root=official)
     assert not from_official.cached and runs == [mirror, official]
     assert from_official.data_id == ids[official] and from_mirror.data_id == ids[mirror]
-    # both stay cached side by side; one changed byte makes another copy
-    assert finetune.load(TINY, "cpu", out, data_root=mirror) == from_mirror
-    batch = mirror / "cifar-10-batches-py" / "data_batch_3"
-    batch.write_bytes(batch.read_bytes()[:-1] + b"\x00")
-    assert cifar_data.data_identity(mirror) != ids[mirror]
+    # one stored result per configuration and device: the official one replaced the
+    # mirror's, which is no longer served for the mirror
+    assert finetune.load(TINY, "cpu", out, data_root=official) == from_official
     assert finetune.load(TINY, "cpu", out, data_root=mirror) is None
-    # showing a result made elsewhere: the newest current one, whatever its copy
-    assert finetune.load(TINY, "cpu", out, any_data=True).data_id in ids.values()
+    # showing a result made elsewhere (a shipped one): whatever its copy, which it names
+    assert finetune.load(TINY, "cpu", out, any_data=True).data_id == ids[official]
+    assert finetune.train_or_load(TINY, "cpu", out, data_root=mirror, any_data=True).cached
+    assert runs == [mirror, official]
     assert finetune.stale_results(TINY, out) == []
+    # one changed byte makes another copy
+    batch = official / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:-1] + b"\x00")
+    assert cifar_data.data_identity(official) != ids[official]
+    assert finetune.load(TINY, "cpu", out, data_root=official) is None
 
 
 def test_bad_configuration_or_device_is_named():
@@ -181,9 +187,13 @@ def test_command_line_runs_writes_and_serves_only_current_results(tmp_path, monk
     assert finetune.main(argv) == 0
     printed = capsys.readouterr().out
     assert cifar_data.JPEG_MIRROR in printed
-    [path] = out.glob("finetune-tiny-*.json")
-    assert path.with_suffix(".png").is_file()
-    result = finetune.FinetuneResult.from_json(path.read_text(), finetune.FinetuneConfig)
+    [path] = out.glob("ch06-tiny-*.json")
+    assert path.name == "ch06-tiny-cpu.json" and path.with_suffix(".png").is_file()
+    stored = json.loads(path.read_text())
+    assert stored["provenance"]["command"].startswith("python -m resode_tut.experiments.ch06")
+    assert stored["provenance"]["torch"] == torch.__version__
+    result = finetune.FinetuneResult.from_json(json.dumps(stored["data"]),
+                                               finetune.FinetuneConfig)
     assert result.data_source == cifar_data.JPEG_MIRROR and result.train_images == 120
     assert len(result.finetune["adjoint"].test_accuracy) == 2  # start + 1 epoch
     assert result.config == TINY and result.pretrain.accuracy_at_depth.keys() == {2, 8}
@@ -192,12 +202,21 @@ def test_command_line_runs_writes_and_serves_only_current_results(tmp_path, monk
     assert loaded == result and loaded.cached and loaded.path == str(path)
     assert result.data_id == cifar_data.data_identity(data)
     # a change of code makes the stored result stale: never served
-    monkeypatch.setattr(finetune, "code_version", lambda: "changed")
+    monkeypatch.setattr(compute, "code_version", lambda: "changed")
     assert finetune.load(TINY, "cpu", out, data_root=data) is None
+    assert finetune.stale_results(TINY, out) == [path]
     # and a result file whose content has another key is not served either
     monkeypatch.undo()
     monkeypatch.setitem(finetune.CONFIGS, "tiny", TINY)
-    path.write_text(dataclasses.replace(result, key="old").to_json())
+    assert finetune.stale_results(TINY, out) == []
+    stored["data"]["key"] = "old"
+    path.write_text(json.dumps(stored))
+    assert finetune.load(TINY, "cpu", out, data_root=data) is None
+    # RESODE_RECOMPUTE=1: never loaded
+    stored["data"]["key"] = stored["key"]
+    path.write_text(json.dumps(stored))
+    assert finetune.load(TINY, "cpu", out, data_root=data) == result
+    monkeypatch.setenv("RESODE_RECOMPUTE", "1")
     assert finetune.load(TINY, "cpu", out, data_root=data) is None
 
 
@@ -242,14 +261,17 @@ def test_damaged_or_incomplete_cache_files_are_recomputed_with_a_warning(tmp_pat
     assert finetune.train_or_load(TINY, "cpu", tmp_path).cached and runs == [1]
     short = _fake_result(TINY)
     short.finetune["backprop"].test_accuracy.pop()
-    for damage in (path.read_text()[:200], "", short.to_json()):
+    wrapped = json.loads(path.read_text())
+    wrapped["data"] = json.loads(short.to_json())
+    for damage in (path.read_text()[:200], "", short.to_json(), "[1, 2]", "null",
+                   json.dumps(wrapped)):
         path.write_text(damage)
         with pytest.warns(UserWarning, match="ignoring the (damaged|incomplete) result file"):
             assert finetune.load(TINY, "cpu", tmp_path) is None
         with pytest.warns(UserWarning):
             assert not finetune.train_or_load(TINY, "cpu", tmp_path).cached
         assert finetune.load(TINY, "cpu", tmp_path) == _fake_result(TINY)   # repaired
-    assert len(runs) == 4
+    assert len(runs) == 7
 
 
 def test_an_incomplete_run_is_never_cached(tmp_path, monkeypatch):
@@ -272,7 +294,7 @@ def test_two_writers_and_a_reader_never_see_half_a_file(tmp_path):
     writers = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     seen = 0
     while any(w.poll() is None for w in writers):
-        for path in tmp_path.glob("finetune-*.json"):
+        for path in tmp_path.glob("ch06-*.json"):
             try:
                 text = path.read_text()
             except FileNotFoundError:
