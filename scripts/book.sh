@@ -15,4 +15,13 @@ if [ "$status" != 0 ]; then
     bash "$(dirname "${BASH_SOURCE[0]}")/explain_failure.sh" >&2
     exit "$status"
 fi
-echo "== book written to $PWD/_build/html/index.html in $((SECONDS - start)) s"
+python - <<'PY'
+import json
+from pathlib import Path
+t = json.loads(Path("_build/exec_times.json").read_text())
+print(f"== execution time per page ({t['mode']} mode; load average after: {t['load_after']})")
+for page, d in sorted(t["pages"].items()):
+    print(f"   {page:<36} {d['seconds']:8.1f} s")
+PY
+echo "== book written to $PWD/_build/html/index.html in $((SECONDS - start)) s (load average" \
+     "$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a))"

@@ -6,8 +6,8 @@ timeout=$(python - <<'PY' 2>/dev/null || echo "?"
 import yaml; print(yaml.safe_load(open("_config.yml"))["execute"]["timeout"])
 PY
 )
-shopt -s nullglob
-logs=(_build/reports/*.err.log)
+# myst-nb writes one report per failed page, at its path below reports/ (book/NN_x.err.log)
+mapfile -t logs < <(find _build/reports -name '*.err.log' 2>/dev/null | sort)
 echo
 echo "== the book build failed (load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a))"
 if [ ${#logs[@]} = 0 ]; then
@@ -15,7 +15,8 @@ if [ ${#logs[@]} = 0 ]; then
     exit 0
 fi
 for log in "${logs[@]}"; do
-    chapter=$(basename "$log" .err.log)
+    chapter=${log#_build/reports/}
+    chapter=${chapter%.err.log}
     echo
     echo "---- chapter $chapter ($log)"
     if grep -q "CellTimeoutError" "$log"; then

@@ -22,21 +22,6 @@ def test_toc_lists_every_chapter_file():
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_pair_is_in_sync_and_output_free(chapter):
-    md, ipynb = ROOT / f"{chapter}.md", ROOT / f"{chapter}.ipynb"
-    assert ipynb.exists(), f"{ipynb.name} missing: run `jupytext --sync {md.name}`"
-    from_md = jupytext.read(md)
-    nb = nbformat.read(ipynb, as_version=4)
-    cells = lambda notebook: [(c.cell_type, c.source.strip()) for c in notebook.cells]
-    assert cells(from_md) == cells(nb), (
-        f"{ipynb.name} is out of sync with {md.name}: run `jupytext --sync {md}`")
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, (
-                f"{ipynb.name} has outputs: the committed notebook must be output-free")
-
-
-@pytest.mark.parametrize("chapter", CHAPTERS)
 def test_first_code_cell_installs_on_colab_only_and_sets_up(chapter):
     nb = jupytext.read(ROOT / f"{chapter}.md")
     first = next(c.source for c in nb.cells if c.cell_type == "code")
@@ -81,3 +66,12 @@ def test_every_figure_is_drawn_for_the_column():
             assert int(size) >= MIN_FONT_PT, f"{path.name}: fontsize={size}"
     for path in sorted(ROOT.glob("book/0*.md")):
         assert "ex.use_style()" in path.read_text(), f"{path.name} does not set the style"
+
+
+def test_every_package_and_the_shipped_results_are_installed():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {str(p.parent.relative_to(ROOT)).replace("/", ".")
+                for p in (ROOT / "resode_tut").rglob("__init__.py")}
+    assert packages <= set(setuptools["packages"]), "list every package in pyproject.toml"
+    assert setuptools["package-dir"]["resode_tut.experiments.results"] == "results"
+    assert setuptools["package-data"]["resode_tut.experiments.results"] == ["*.json"]

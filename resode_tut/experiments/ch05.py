@@ -35,11 +35,13 @@ from .solver_dependence import (
     solver_grid,
     train_runs,
 )
+from .shipped import describe
 from .table1 import TABLE1_CONFIGS, Table1, table1
 
 __all__ = ["use_style",
            "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
            "KEEPS", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "Table1", "table1",
+           "describe",
            "Table1Config", "TABLE1_CONFIGS", "QUICK_TABLE1",
            "train_runs", "crossing_pairs", "windermere_fan", "plot_grid", "plot_adaptation",
            "learned_seeds", "seed_subset", "shells", "shell_accuracy", "shell_stretch"]

@@ -41,6 +41,7 @@ import torch
 from .. import distributed
 from ..datasets.cifar import SHORT_NAMES, cifar10, data_identity
 from . import shipped
+from .shipped import describe
 from .cifar_training import (
     AMP_DTYPES,
     METHODS,
@@ -65,7 +66,7 @@ from .plots import use_style
 __all__ = ["use_style",
            "FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
            "code_version", "default_results_dir", "validate", "FinetuneResult", "get_config",
-           "result_name", "command",
+           "result_name", "command", "describe",
            "MalformedResult", "stale_results", "plot_accuracy", "plot_memory",
            "plot_gradients", "plot", "summary", "main"]
 

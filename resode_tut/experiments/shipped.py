@@ -217,8 +217,8 @@ def read(name: str, directory=None) -> ShippedResult | None:
         if not isinstance(d["config"], dict) or not isinstance(d["provenance"], dict):
             raise ValueError("no configuration or provenance")
         return ShippedResult(name, d["key"], d["config"], d["provenance"], d["data"], path)
-    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"the result file {path} is damaged ({err!r}): delete it and "
+    except (KeyError, TypeError, ValueError) as err:    # JSONDecodeError is a ValueError
+        raise ValueError(f"the result file {path} is damaged ({err}): delete it and "
                          "recompute it") from err
 
 

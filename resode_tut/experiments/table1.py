@@ -260,12 +260,12 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
     if processes is not None and processes < 1:
         raise ValueError(f"processes must be at least 1, got {processes}")
     key = table1_key(config)               # the code that runs, read before it runs
+    if cache_result and not force:
+        found = load_table1(config, out_dir)
+        if found is not None:
+            return found
     if cache_result:
         shipped.check_writable(out_dir)    # a bad folder fails now, not after the run
-        if not force:
-            found = load_table1(config, out_dir)
-            if found is not None:
-                return found
     commit, t0 = shipped.git_commit(), time.perf_counter()
     data = compute_table1(config, processes)
     table = Table1.from_data(config, data)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from resode_tut.experiments import shipped
 from resode_tut.experiments import solver_dependence as sd
+from resode_tut.experiments import table1 as t1
 
 TINY = sd.Table1Config("tiny", "spheres2d", (1 / 2, 1 / 4), (0, 1), 55, 1e-2,
                        batch_size=16, reference_step=1 / 16)
@@ -15,23 +17,24 @@ TINY = sd.Table1Config("tiny", "spheres2d", (1 / 2, 1 / 4), (0, 1), 55, 1e-2,
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    return sd.table1(TINY, processes=2, out_dir=out), out
+    return t1.table1(TINY, processes=2, out_dir=out), out
 
 
 def test_a_computed_table_is_cached_and_read_back_unchanged(tiny):
     result, out = tiny
     assert not result.cached and os.path.isfile(result.path)
-    again = sd.table1(TINY, out_dir=out)
+    again = t1.table1(TINY, out_dir=out)
     assert again.cached and again.path == result.path
     assert again.grid.accuracy == result.grid.accuracy
     assert again.adapted.accuracy == result.adapted.accuracy
     assert again.strict.accuracy == result.strict.accuracy
     assert again.strict.logs == result.strict.logs and again.strict.threshold == 0.03
     assert again.rows() == result.rows()
+    assert again.shipped.provenance["command"] == t1.command(TINY)
     # the key names the configuration: another one is not served this file
     other = sd.Table1Config(**{**TINY.__dict__, "iterations": 21})
-    assert sd.table1_path(other, out) != sd.table1_path(TINY, out)
-    assert sd.load_table1(other, out) is None
+    assert t1.table1_key(other) != t1.table1_key(TINY)
+    assert t1.load_table1(other, out) is None
 
 
 def test_rows_are_computed_from_the_per_seed_numbers(tiny):
@@ -73,24 +76,29 @@ def test_the_adapted_seeds_are_those_train_node_gives(tiny, run):
 
 def test_a_damaged_or_cut_file_is_recomputed_with_a_warning(tiny, tmp_path):
     result, _ = tiny
-    path = sd.table1_path(TINY, tmp_path)
-    text = result.to_json()
-    d = json.loads(text)
-    for bad in (text[: len(text) // 2], text.replace('"format": 2', '"format": 1'),
-                json.dumps({**d, "grid": {"accuracy": {}, "seconds": 0}}),
-                json.dumps({**d, "strict": None}),             # the configuration runs it
-                json.dumps({**d, "strict": {**d["strict"], "threshold": 0.1}})):
+    path = tmp_path / f"{t1.result_name(TINY)}.json"
+    text = result.shipped.to_json()
+    whole = json.loads(text)
+    d = whole["data"]
+    for bad in (text[: len(text) // 2], text.replace('"format": 1', '"format": 2'), "[1, 2]",
+                "null", json.dumps({**whole, "data": [1, 2]}),
+                json.dumps({**whole, "data": {**d, "grid": {"accuracy": {}, "seconds": 0}}}),
+                json.dumps({**whole, "data": {**d, "strict": None}}),   # the config runs it
+                json.dumps({**whole, "data": {**d, "strict": {**d["strict"],
+                                                                "threshold": 0.1}}})):
         path.write_text(bad)
-        with pytest.warns(UserWarning, match="damaged"):
-            assert sd.load_table1(TINY, tmp_path) is None
+        with pytest.warns(UserWarning, match="damaged|not a Table 1 result"):
+            assert t1.load_table1(TINY, tmp_path) is None
+    path.write_text(text)
+    assert t1.load_table1(TINY, tmp_path).rows() == result.rows()
 
 
 def test_the_paper_configuration_is_the_papers():
-    c = sd.TABLE1_CONFIGS["paper"]
+    c = t1.TABLE1_CONFIGS["paper"]
     assert (c.lr, c.batch_size, c.iterations, len(c.seeds)) == (1e-4, 128, 10_000, 5)
     assert min(c.steps) == 1 / 128 and max(c.steps) == 1 / 2
     with pytest.raises(ValueError, match="unknown Table 1 configuration"):
-        sd.table1("huge")
+        t1.table1("huge")
 
 
 def test_the_papers_model_has_a_kaiming_head_with_zero_bias():
@@ -101,17 +109,19 @@ def test_the_papers_model_has_a_kaiming_head_with_zero_bias():
     assert w.std().item() == pytest.approx((2 / 10) ** 0.5, rel=0.1)   # Kaiming: sqrt(2/fan_in)
 
 
-def test_the_command_line_caches_what_the_chapter_then_loads(tmp_path):
+def test_the_command_line_stores_what_the_chapter_then_loads(tmp_path):
     """Run as ``python -m`` the module is ``__main__``: its result must still be keyed by
-    the module's code, so that the chapter (which imports it) finds it."""
+    the computing module's code, so that the chapter (which imports it) finds it."""
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "resode_tut.experiments.solver_dependence",
+    out = subprocess.run([sys.executable, "-m", "resode_tut.experiments.table1",
                           "--config", "smoke", "--processes", "1", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    found = sd.load_table1("smoke", tmp_path)
-    assert found is not None and found.code == sd.code_version()
+    found = t1.load_table1("smoke", tmp_path)
+    assert found is not None and found.cached
+    assert found.shipped.key == shipped.result_key(
+        dict(found.shipped.config), t1.COMPUTING_MODULE)
     assert "computed" in out.stdout and "step adaptation" in out.stdout
 
 
