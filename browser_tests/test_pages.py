@@ -120,3 +120,39 @@ def test_colab_link_opens_existing_notebook(browser, server, page):
         path = href[len(prefix):]
         assert path.endswith(".ipynb"), f"{page}: Colab link opens {path}, not a notebook"
         assert (ROOT / path).is_file(), f"{page}: Colab link opens {path}, missing from the repo"
+
+
+# what a public page must never show: the builder's home directory, its caches, this
+# checkout's absolute path, a virtual environment
+LOCAL_PATHS = [re.escape(str(Path.home())), r"/root/", r"/home/\w+/", r"~/\.cache",
+               r"\.cache/resode_tut", re.escape(str(ROOT)), r"/tmp/", r"\.venv/"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_shows_a_local_path(browser, server, page):
+    _load(browser, server, page)
+    text = browser.execute_script("return document.body.innerText")
+    found = [m.group(0) for p in LOCAL_PATHS for m in re.finditer(p, text)]
+    assert not found, f"{page}: shows local paths {sorted(set(found))[:5]}"
+
+
+def test_notebooks_number_equations_and_figures_as_the_book_does():
+    """The Colab notebooks' "(7)" and "Fig. 12" are the numbers of the built pages."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mk", ROOT / "scripts" / "make_notebooks.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    eqs, figs = mk.numbers()
+    html = {page: (HTML / f"{page}.html").read_text() for page in CHAPTERS}
+    seen_eqs, seen_figs = {}, {}
+    for text in html.values():
+        for label, number in re.findall(
+                r'id="equation-([\w-]+)"[^>]*>\s*<span class="eqno">\((\d+)\)', text):
+            seen_eqs[label] = int(number)
+        for label, number in re.findall(
+                r'id="([\w-]+)"[^>]*>.*?<span class="caption-number">Fig\. (\d+) </span>',
+                text, re.S):
+            if label in figs:
+                seen_figs[label] = int(number)
+    assert seen_eqs == eqs
+    assert seen_figs == figs

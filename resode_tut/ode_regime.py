@@ -111,7 +111,7 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
             raise ValueError("a plain vector field needs readout=(z(1) -> logits); "
                              "or pass a resode_tut.node.NeuralODE")
         own = None
-        t = torch.tensor([0.0, 1.0], dtype=x.dtype)
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)   # x's device, CUDA too
         predict = lambda s: readout(odeint(model, x, t, **s.odeint_kwargs())[-1])
     if y.dim() != 1 or len(x) != len(y):
         raise ValueError(f"labels of shape {tuple(y.shape)} for {len(x)} inputs: give class "

@@ -12,14 +12,19 @@ module                 used by
 ``ch02``               chapter 2, implicit regularisation (linear ResNets)
 ``ch03``               chapter 3, the memory-free adjoint; benchmark command line
 ``ch04``               chapter 4, Heun residual networks
-``ch05``               chapter 5, solver dependence
-``ch06``               chapter 6, fine-tuning on CIFAR-10; command line
+``ch05``               chapter 5, solver dependence (presentation)
+``solver_dependence``  chapter 5's computations (the code Table 1 is keyed on)
+``table1``             chapter 5's Table 1: shipped result and command line
+``ch06``               chapter 6, fine-tuning on CIFAR-10: results, figures, command line
+``finetune``           chapter 6's run (the code its result is keyed on)
+``finetune_result``    chapter 6's result and its JSON form
 ``discretisation``     chapters 1 and 4 (distance to the ODE against depth)
 ``gradient_methods``   chapters 3, 4 and 6 (four ways to differentiate a stack)
 ``classifier``         chapters 3 and 4 (a small residual classifier)
 ``cifar_training``     chapter 6 (CIFAR training and measurements)
 ``plots``              chapters 1-4
-``cache``              chapter 6 (what a cached result depends on)
+``cache``              chapters 5 and 6 (what a stored result depends on)
+``shipped``            chapters 5 and 6 (results shipped under results/, with provenance)
 ``cli``                chapters 3 and 6 (argument types of the command lines)
 =====================  ==========================================================
 """

@@ -27,3 +27,25 @@ def test_bad_labels_and_an_empty_solver_list_are_refused():
         ode_regime(field, x, y.float(), readout=readout)
     with pytest.raises(ValueError, match="solvers is empty"):
         ode_regime(field, x, y, solvers=[], readout=readout)
+
+
+def test_the_time_grid_of_a_plain_field_is_on_the_inputs_device(monkeypatch):
+    """Checked without a GPU: inputs on the ``meta`` device, odeint replaced by a spy."""
+    import sys
+    module = sys.modules["resode_tut.ode_regime"]   # the package's name is the function
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(field, x, t, **kwargs):
+        seen.append((x.device, t.device, t.dtype))
+        raise Stop
+
+    monkeypatch.setattr(module, "odeint", spy)
+    x = torch.zeros(4, 2, device="meta", dtype=torch.float64)
+    with pytest.raises(Stop):
+        module.ode_regime(lambda t, z: z, x, torch.zeros(4, dtype=torch.int64, device="meta"),
+                          readout=lambda z: z)
+    assert seen == [(torch.device("meta"), torch.device("meta"), torch.float64)]
