@@ -35,13 +35,14 @@ from .solver_dependence import (
     solver_grid,
     train_runs,
 )
+from . import ch05_runs as shipped_runs
 from .shipped import describe
 from .table1 import TABLE1_CONFIGS, Table1, table1
 
 __all__ = ["use_style",
            "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
            "KEEPS", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "Table1", "table1",
-           "describe",
+           "describe", "shipped_runs",
            "Table1Config", "TABLE1_CONFIGS", "QUICK_TABLE1",
            "train_runs", "crossing_pairs", "windermere_fan", "plot_grid", "plot_adaptation",
            "learned_seeds", "seed_subset", "shells", "shell_accuracy", "shell_stretch"]

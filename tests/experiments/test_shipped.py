@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resode_tut.experiments import cache, ch06, shipped, table1
+from resode_tut.experiments import cache, ch05_runs, ch06, shipped, table1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,7 +136,7 @@ COMMITTED = sorted((ROOT / "results").glob("*.json"))
 
 def test_the_shipped_results_are_there():
     names = {p.stem for p in COMMITTED}
-    assert {"ch05-table1-paper", "ch06-cpu-full-cpu"} <= names
+    assert {"ch05-table1-paper", "ch06-cpu-full-cpu", *ch05_runs.FULL_RUNS} <= names
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
@@ -149,6 +149,8 @@ def test_every_committed_result_is_current_for_this_code(path, monkeypatch):
            f"`{stored.provenance['command']}` and commit the new file")
     if path.stem.startswith("ch05-table1-"):
         assert table1.load_table1(stored.config["name"], path.parent) is not None, fix
+    elif path.stem in ch05_runs.FULL_RUNS:
+        assert ch05_runs.is_current(path.stem, path.parent), fix
     elif path.stem.startswith("ch06-"):
         device = path.stem.split("-")[-1] if not stored.provenance.get("scale") or \
             stored.provenance["scale"] == ch06.DEFAULT_SCALE else stored.provenance["device"]
@@ -180,8 +182,36 @@ def test_a_pip_installed_package_finds_the_shipped_results(tmp_path):
             "assert shipped.results_dir().name == 'results'\n"
             "assert table1.load_table1('paper') is not None\n"
             "assert ch06.load('cpu-full', 'cpu', any_data=True) is not None\n"
+            "from resode_tut.experiments import ch05_runs\n"
+            "assert all(ch05_runs.is_current(n) for n in ch05_runs.FULL_RUNS)\n"
             "print('ok')" % str(target))
     env = {k: v for k, v in os.environ.items() if k != "RESODE_RESULTS"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, env={**env, "PYTHONPATH": str(target)})
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_chapter_5_runs_round_trip_bitwise(tmp_path, monkeypatch):
+    from resode_tut import Solver
+    monkeypatch.setenv("RESODE_RESULTS", str(tmp_path))
+    specs = [dict(task="spheres2d", solver=Solver("fehlberg2", tol=1e-3), adapt="tol", seed=0,
+                  iterations=12, lr=1e-3),
+             dict(task="digits", solver=Solver("euler", 1 / 2), adapt="step", iterations=12,
+                  batch_size=32)]
+    trained = ch05_runs.train_runs(specs, name="t-runs", processes=1)
+    loaded = ch05_runs.train_runs(specs, name="t-runs", processes=1)
+    for (m1, h1, l1), (m2, h2, l2) in zip(trained, loaded):
+        assert m1.solver == m2.solver and h1 == h2 and l1 == l2
+        for k, v in m1.state_dict().items():
+            assert torch.equal(v, m2.state_dict()[k])
+    grid, models = ch05_runs.seed_grid("spheres2d", [1 / 2], [0], 8, 1e-2, name="t-grid",
+                                       processes=1)
+    again, models2 = ch05_runs.seed_grid("spheres2d", [1 / 2], [0], 8, 1e-2, name="t-grid",
+                                         processes=1)
+    assert again.accuracy == grid.accuracy and again.shipped.name == "t-grid"
+    for k, v in models[0.5][0].state_dict().items():
+        assert torch.equal(v, models2[0.5][0].state_dict()[k])
+    # another configuration is not served the file
+    other, _ = ch05_runs.seed_grid("spheres2d", [1 / 2], [0], 9, 1e-2, name="t-grid",
+                                   processes=1)
+    assert not hasattr(other, "shipped") or other.shipped.config["iterations"] == 9
