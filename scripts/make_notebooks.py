@@ -1,11 +1,11 @@
-"""Make the Colab notebooks (book/NN_topic.ipynb) from the chapters (book/NN_topic.md).
+r"""Make the Colab notebooks (book/NN_topic.ipynb) from the chapters (book/NN_topic.md).
 
 Colab renders plain Jupyter Markdown only. The chapters are MyST: `{math}` blocks with
 labels, `{eq}`/`{numref}`/`{cite:t}`/`{cite:p}` roles, `literalinclude` of the package's
 source, figure captions in `mystnb` cell metadata. This script writes each chapter as a
 notebook in which all of these are plain Markdown, so that Colab shows what the book shows:
 
-- display maths as `$$ ... \\tag{n} $$`, numbered as the HTML book numbers it;
+- display maths as `$$ ... \tag{n} $$`, numbered as the HTML book numbers it;
 - `{eq}` as "(n)", `{numref}` as "Fig. n" (the book's own words and numbers);
 - citations as "Sander et al. (2022)" / "(Sander et al., 2022)", and a references cell at
   the end listing what the chapter cites;
@@ -80,7 +80,8 @@ def chapters() -> list[str]:
 
 def _split_fences(text: str):
     """Yield ``(kind, name, options, body, line)`` for each fenced MyST directive and
-    ``("text", None, None, chunk, line)`` for the text between them."""
+    ``("text", None, None, chunk, line)`` for the text between them.
+    """
     lines = text.split("\n")
     i, start, chunk = 0, 0, []
     while i < len(lines):
@@ -112,7 +113,8 @@ def _split_fences(text: str):
 def numbers() -> tuple[dict, dict]:
     """``(equations, figures)``: label -> number across the book in ``_toc.yml`` order,
     counting labelled ``{math}`` blocks and figures (``mystnb.figure.name``), as Sphinx
-    numbers them."""
+    numbers them.
+    """
     eqs, figs = {}, {}
     for page in pages():
         nb = jupytext.read(ROOT / f"{page}.md")
@@ -184,9 +186,11 @@ class Converter:
         self.cited: list[str] = []
 
     def fail(self, line: int, what: str):
+        """Raise :class:`MystLeft` naming the page and line."""
         raise MystLeft(f"{self.page}.md, near line {line}: {what}")
 
     def role(self, m: re.Match, line: int) -> str:
+        """The plain text of one role (an equation or figure number, a citation)."""
         kind, arg = m.group(1), m.group(2)
         if kind == "eq":
             if arg not in self.eqs:
@@ -211,6 +215,7 @@ class Converter:
         self.fail(line, f"the role {{{kind}}} is not converted")
 
     def text(self, chunk: str, line: int) -> str:
+        """Markdown text with its roles and book links converted."""
         out = _ROLE.sub(lambda m: self.role(m, line), chunk)
         # links to another page of the book -> the online book
         out = re.sub(r"\]\((\d\d_[\w]+|intro|references)(?:\.md)?(#[\w-]+)?\)",
@@ -224,6 +229,7 @@ class Converter:
         return out
 
     def directive(self, name: str, options: dict, body: str, line: int) -> str:
+        """One fenced directive as plain Markdown."""
         if name == "math":
             label = options.get("label")
             math = self.text(body.strip(), line)
@@ -247,6 +253,7 @@ class Converter:
         self.fail(line, f"the directive {{{name}}} is not converted")
 
     def convert(self, source: str) -> str:
+        """A whole Markdown cell."""
         parts = []
         for kind, name, options, body, line in _split_fences(source):
             parts.append(self.text(body, line) if kind == "text"
@@ -254,6 +261,7 @@ class Converter:
         return "\n".join(parts)
 
     def caption(self, cell) -> str | None:
+        """The Markdown cell under a figure: its number and caption (None: no figure)."""
         fig = cell.metadata.get("mystnb", {}).get("figure", {})
         if not fig.get("caption"):
             return None
@@ -262,6 +270,7 @@ class Converter:
         return f"**Fig. {number}.** {text}" if number else text
 
     def references(self) -> str | None:
+        """The references cell: what the chapter cites, in order of first citation."""
         if not self.cited:
             return None
         lines = [f"- {reference(self.bib[k])}" for k in self.cited]

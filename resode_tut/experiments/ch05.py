@@ -19,7 +19,9 @@ from torchdiffeq import odeint
 
 from ..datasets.small import _SHELLS
 from ..node import NeuralODE, Solver
+from . import ch05_runs as shipped_runs
 from .plots import use_style
+from .shipped import describe
 from .solver_dependence import (
     KEEPS,
     TASKS,
@@ -35,8 +37,6 @@ from .solver_dependence import (
     solver_grid,
     train_runs,
 )
-from . import ch05_runs as shipped_runs
-from .shipped import describe
 from .table1 import TABLE1_CONFIGS, Table1, table1
 
 __all__ = ["use_style",

@@ -41,7 +41,6 @@ import torch
 from .. import distributed
 from ..datasets.cifar import SHORT_NAMES, cifar10, data_identity
 from . import shipped
-from .shipped import describe
 from .cifar_training import (
     AMP_DTYPES,
     METHODS,
@@ -62,6 +61,7 @@ from .finetune_result import (
     MalformedResult,
 )
 from .plots import use_style
+from .shipped import describe
 
 __all__ = ["use_style",
            "FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",

@@ -1,6 +1,5 @@
 """Shipped results: the key follows what can change the numbers, files are whole JSON, and
 every committed result is current for the code."""
-import json
 import os
 import subprocess
 import sys
