@@ -117,7 +117,7 @@ def _train_pair(job):
     scheme, depth, seed, cfg = job
     torch.manual_seed(seed)
     net = ResidualClassifier(64, 10, dim=cfg["dim"], width=cfg["width"], depth=depth,
-                             scheme=scheme, gain=cfg["gain"], tied_init=True,
+                             scheme=scheme, gain=cfg["gain"], tied_init=cfg["tied_init"],
                              fixed_ends=True)
     lr = cfg["lr_scale"] * net.stage.num_steps
     out = {}
@@ -133,6 +133,7 @@ def _train_pair(job):
 def depth_training_sweep(depths, schemes=SCHEMES, seeds=(0,), epochs: int = 10,
                          lr_scale: float = 0.02, gain: float = 4.0, dim: int = 32,
                          width: int = 64, batch_size: int = 64, data_seed: int = 0,
+                         tied_init: bool = True,
                          processes: int | None = None) -> DepthTrainingSweep:
     """Train with backprop and with the adjoint at every depth, for each scheme.
 
@@ -158,6 +159,9 @@ def depth_training_sweep(depths, schemes=SCHEMES, seeds=(0,), epochs: int = 10,
         Training batch.
     data_seed : int
         Seed of the digits' train/test split.
+    tied_init : bool
+        Start every residual function from one shared initialisation (weights smooth in
+        depth, the chapter's choice); False: i.i.d. initial functions.
     processes : int, optional
         Worker processes (default: all cores).
 
@@ -170,7 +174,7 @@ def depth_training_sweep(depths, schemes=SCHEMES, seeds=(0,), epochs: int = 10,
             raise ValueError(f"unknown scheme {s!r}: choose one of {SCHEMES}")
     depths = np.asarray(depths)
     cfg = dict(epochs=epochs, lr_scale=lr_scale, gain=gain, dim=dim, width=width,
-               batch_size=batch_size, data_seed=data_seed)
+               batch_size=batch_size, data_seed=data_seed, tied_init=tied_init)
     jobs = [(s, int(M), seed, cfg) for s in schemes for M in depths for seed in seeds]
     # deepest first: the longest jobs start early and the workers finish together
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])

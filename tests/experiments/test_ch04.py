@@ -61,3 +61,14 @@ def test_heun_distance_is_second_order_and_has_no_euler_bound():
     assert all(math.isnan(b) for b in heun.mean("smooth", "bound"))
     with pytest.raises(ValueError, match="unknown scheme"):
         distance_sweep(depths, scheme="rk4", progress=False)
+
+
+def test_the_sweep_can_start_from_iid_blocks():
+    from resode_tut.experiments import ch04
+    tied = ch04.depth_training_sweep([4], schemes=("euler",), epochs=1, processes=1)
+    iid = ch04.depth_training_sweep([4], schemes=("euler",), epochs=1, processes=1,
+                                    tied_init=False)
+    again = ch04.depth_training_sweep([4], schemes=("euler",), epochs=1, processes=1,
+                                      tied_init=False)
+    assert iid.accuracy == again.accuracy            # seeded
+    assert iid.accuracy != tied.accuracy             # another start
