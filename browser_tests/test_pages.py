@@ -24,7 +24,7 @@ HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
-PAGES = [TOC["root"]] + [c["file"] for c in TOC["chapters"]]
+PAGES = [TOC["root"]] + [c["file"] for part in TOC["parts"] for c in part["chapters"]]
 CHAPTERS = [p for p in PAGES if re.match(r"book/\d\d_", p)]
 RAW_TEX = re.compile(r"\\\(|\\\[|\$\$|\\begin\{|\\frac|\\mathbb|\\theta")
 
@@ -147,12 +147,32 @@ def test_notebooks_number_equations_and_figures_as_the_book_does():
     seen_eqs, seen_figs = {}, {}
     for text in html.values():
         for label, number in re.findall(
-                r'id="equation-([\w-]+)"[^>]*>\s*<span class="eqno">\((\d+)\)', text):
-            seen_eqs[label] = int(number)
+                r'id="equation-([\w-]+)"[^>]*>\s*<span class="eqno">\(([\d.]+)\)', text):
+            seen_eqs[label] = number
         for label, number in re.findall(
-                r'id="([\w-]+)"[^>]*>.*?<span class="caption-number">Fig\. (\d+) </span>',
+                r'id="([\w-]+)"[^>]*>.*?<span class="caption-number">Fig\. ([\d.]+) </span>',
                 text, re.S):
             if label in figs:
-                seen_figs[label] = int(number)
+                seen_figs[label] = number
     assert seen_eqs == eqs
     assert seen_figs == figs
+
+
+def test_every_citation_reads_as_its_reference():
+    """A citation in the text ("Sander et al. (2022)") and the label of its entry in the
+    references ("[Sander et al., 2022]") name the same authors and year."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mk", ROOT / "scripts" / "make_notebooks.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    bib = mk.bibliography()
+    refs = re.sub(r"<[^>]+>", "", (HTML / "book" / "references.html").read_text())
+    for page in CHAPTERS:
+        source = (ROOT / f"{page}.md").read_text()
+        text = re.sub(r"<[^>]+>", "", (HTML / f"{page}.html").read_text())
+        for kind, keys in re.findall(r"\{cite:([pt])\}`([^`]+)`", source):
+            for key in (k.strip() for k in keys.split(",")):
+                who, year = mk.cite_label(bib[key])
+                assert f"[{who}, {year}]" in refs, f"{key}: no reference labelled {who}, {year}"
+                shown = f"{who} ({year})" if kind == "t" else f"{who}, {year}"
+                assert shown in text, f"{page}: {key} is not cited as {shown!r}"

@@ -1,4 +1,4 @@
-"""What a reader sees at a 1280 px window (issue 20): nothing wider than the text column
+"""What a reader sees at a 1280 px window and on a 390 px phone: nothing wider than the text column
 without a scrollbar, every figure numbered and captioned, no error output, and figure text
 large enough to read once the image is scaled into the column.
 
@@ -15,7 +15,7 @@ from test_pages import CHAPTERS, PAGES, _load, browser, server  # noqa: F401  (f
 
 from resode_tut.experiments.plots import DPI, MIN_FONT_PT
 
-MIN_TEXT_PX = 9
+MIN_TEXT_PX = 10
 
 # Elements whose content may be wider than the column only if they scroll.
 _OVERFLOW = """
@@ -56,17 +56,58 @@ return Array.from(article.querySelectorAll('img'))
 """
 
 
+@pytest.mark.parametrize("width", [1280, 390])
 @pytest.mark.parametrize("page", PAGES)
-def test_nothing_is_wider_than_the_column_without_a_scrollbar(browser, server, page):  # noqa: F811
-    _load(browser, server, page)
-    bad = browser.execute_script(_OVERFLOW)
-    assert not bad, f"{page}: clipped or overflowing elements: {bad[:5]}"
+def test_nothing_is_wider_than_the_column_without_a_scrollbar(browser, server, page,  # noqa: F811
+                                                              width):
+    browser.set_window_size(width, 900)
+    try:
+        _load(browser, server, page)
+        bad = browser.execute_script(_OVERFLOW)
+    finally:
+        browser.set_window_size(1280, 900)
+    assert not bad, f"{page} at {width} px: clipped or overflowing elements: {bad[:5]}"
 
 
+_EQNO_OVERLAP = """
+const out = [];
+for (const eq of document.querySelectorAll('div.math')) {
+  const no = eq.querySelector(':scope > span.eqno');
+  const mj = eq.querySelector(':scope > mjx-container');
+  if (!no || !mj) continue;
+  const a = no.getBoundingClientRect(), b = mj.getBoundingClientRect();
+  const inner = mj.firstElementChild ? mj.firstElementChild.getBoundingClientRect() : b;
+  const right = Math.min(b.right, inner.right);   // what is drawn, not what scrolls away
+  if (a.left < right - 1 && a.right > b.left && a.top < b.bottom && a.bottom > b.top) {
+    out.push(no.innerText.trim());
+  }
+}
+return out;
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 390])
 @pytest.mark.parametrize("page", CHAPTERS)
-def test_every_figure_is_numbered_captioned_and_legible(browser, server, page):  # noqa: F811
-    _load(browser, server, page)
-    figures = browser.execute_script(_FIGURES)
+def test_no_equation_number_covers_its_equation(browser, server, page, width):  # noqa: F811
+    browser.set_window_size(width, 900)
+    try:
+        _load(browser, server, page)
+        covered = browser.execute_script(_EQNO_OVERLAP)
+    finally:
+        browser.set_window_size(1280, 900)
+    assert not covered, f"{page} at {width} px: equation numbers over their equation: {covered}"
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_every_figure_is_numbered_captioned_and_legible(browser, server, page,  # noqa: F811
+                                                        width):
+    browser.set_window_size(width, 900)
+    try:
+        _load(browser, server, page)
+        figures = browser.execute_script(_FIGURES)
+    finally:
+        browser.set_window_size(1280, 900)
     assert figures, f"{page}: no figure"
     glyph = MIN_FONT_PT / 72 * DPI        # image pixels of the smallest text
     for fig in figures:

@@ -65,15 +65,27 @@ def book_url() -> str:
     return f"https://{owner}.github.io/{repo}"
 
 
+def _toc() -> dict:
+    return yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+
 def pages() -> list[str]:
     """The book's pages in ``_toc.yml`` order (``book/intro``, chapters, references)."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    return [toc["root"]] + [c["file"] for c in toc.get("chapters", [])]
+    toc = _toc()
+    return [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
 
 
 def chapters() -> list[str]:
     """The chapters (``book/NN_topic``) in order."""
     return [p for p in pages() if re.match(r"book/\d\d_", p)]
+
+
+def chapter_numbers() -> dict:
+    """Page -> its number in the book: the pages of the numbered parts of ``_toc.yml``,
+    counted from 1 in order, as Sphinx numbers a numbered toctree."""
+    numbered = [c["file"] for part in _toc()["parts"] if part.get("numbered")
+                for c in part["chapters"]]
+    return {page: k + 1 for k, page in enumerate(numbered)}
 
 
 # -- numbering: the same as the HTML book ----------------------------------------------
@@ -111,21 +123,24 @@ def _split_fences(text: str):
 
 
 def numbers() -> tuple[dict, dict]:
-    """``(equations, figures)``: label -> number across the book in ``_toc.yml`` order,
-    counting labelled ``{math}`` blocks and figures (``mystnb.figure.name``), as Sphinx
-    numbers them.
+    """``(equations, figures)``: label -> number as the HTML book gives it, ``"4.2"``:
+    per chapter (:func:`chapter_numbers`), counting labelled ``{math}`` blocks and figures
+    (``mystnb.figure.name``) in order, as Sphinx numbers them in a numbered toctree.
     """
     eqs, figs = {}, {}
-    for page in pages():
+    for page, chapter in chapter_numbers().items():
         nb = jupytext.read(ROOT / f"{page}.md")
+        n_eq = n_fig = 0
         for cell in nb.cells:
             if cell.cell_type == "markdown":
                 for kind, name, options, _, _ in _split_fences(cell.source):
                     if kind == "directive" and name == "math" and options.get("label"):
-                        eqs[options["label"]] = len(eqs) + 1
+                        n_eq += 1
+                        eqs[options["label"]] = f"{chapter}.{n_eq}"
             fig = cell.metadata.get("mystnb", {}).get("figure", {})
             if fig.get("name"):
-                figs[fig["name"]] = len(figs) + 1
+                n_fig += 1
+                figs[fig["name"]] = f"{chapter}.{n_fig}"
     return eqs, figs
 
 
@@ -239,6 +254,8 @@ class Converter:
             from sphinx.directives.code import LiteralIncludeReader
             path = ROOT / options["_arg"].lstrip("/")
             opts = {k: v for k, v in options.items() if k not in ("_arg", "language")}
+            if "dedent" in opts:            # `:dedent:` alone: remove the common indent
+                opts["dedent"] = int(opts["dedent"]) if opts["dedent"] else None
             source, _ = LiteralIncludeReader(
                 str(path), opts, types.SimpleNamespace(source_encoding="utf-8")).read()
             language = options.get("language", "python")
@@ -331,10 +348,14 @@ def notebook(page: str, eqs=None, figs=None, bib=None):
     bib = bibliography() if bib is None else bib
     conv = Converter(page, eqs, figs, bib)
     src = jupytext.read(ROOT / f"{page}.md")
+    number = chapter_numbers().get(page)
     cells = []
     for i, cell in enumerate(src.cells):
         if cell.cell_type == "markdown":
-            cells.append(nbformat.v4.new_markdown_cell(conv.convert(cell.source)))
+            text = conv.convert(cell.source)
+            if i == 0 and number is not None:      # the title, numbered as in the book
+                text = re.sub(r"^# ", f"# {number}. ", text, count=1)
+            cells.append(nbformat.v4.new_markdown_cell(text))
             if i == 0:
                 cells.extend(colab_cells(page))
         elif cell.cell_type == "code":

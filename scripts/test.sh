@@ -25,7 +25,8 @@ python -m pytest tests
 
 echo "== 3/5 nbval: every chapter of _toc.yml, quick mode"
 mapfile -t notebooks < <(python -c "import yaml; toc = yaml.safe_load(open('_toc.yml'));
-[print(c['file'] + '.ipynb') for c in toc['chapters'] if c['file'].split('/')[-1][:2].isdigit()]")
+[print(c['file'] + '.ipynb') for part in toc['parts'] for c in part['chapters']
+ if c['file'].split('/')[-1][:2].isdigit()]")
 python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider "${notebooks[@]}"
 
 echo "== 4/5 book build with -W, quick mode"

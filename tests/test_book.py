@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 URL = CONFIG["repository"]["url"]
-CHAPTERS = [c["file"] for c in TOC["chapters"] if re.match(r"book/\d\d_", c["file"])]
+PAGES = [c["file"] for part in TOC["parts"] for c in part["chapters"]]
+CHAPTERS = [p for p in PAGES if re.match(r"book/\d\d_", p)]
 
 
 def test_toc_lists_every_chapter_file():

@@ -99,7 +99,7 @@ def test_the_first_cells_are_the_colab_form_and_the_costs():
 
 
 def _convert(text, eqs=None, figs=None):
-    conv = mk.Converter("book/test", eqs or {"eq-a": 7}, figs or {"fig-b": 12},
+    conv = mk.Converter("book/test", eqs or {"eq-a": "3.7"}, figs or {"fig-b": "3.12"},
                         mk.bibliography())
     return conv.convert(text), conv
 
@@ -109,10 +109,10 @@ def test_each_construct_becomes_plain_markdown():
         "See {eq}`eq-a` and {numref}`fig-b`; {cite:t}`sander2022resnets` and "
         "{cite:p}`ott2021resnet,chen2018neural`.\n\n```{math}\n:label: eq-a\nx = 1\n```\n\n"
         "```{note}\nA {eq}`eq-a` note.\n```\n\n[chapter 3](03_memory_free_adjoint)")
-    assert "See (7) and Fig. 12; Sander et al. (2022) and (Ott et al., 2021; Chen et al., " \
-           "2018)." in out
-    assert "$$\nx = 1 \\tag{7}\n$$" in out
-    assert "> **Note**\n>\n> A (7) note." in out
+    assert "See (3.7) and Fig. 3.12; Sander et al. (2022) and (Ott et al., 2021; Chen et " \
+           "al., 2018)." in out
+    assert "$$\nx = 1 \\tag{3.7}\n$$" in out
+    assert "> **Note**\n>\n> A (3.7) note." in out
     assert f"[chapter 3]({mk.book_url()}/book/03_memory_free_adjoint.html)" in out
     assert conv.cited == ["sander2022resnets", "ott2021resnet", "chen2018neural"]
     refs = conv.references()
@@ -133,16 +133,20 @@ def test_what_is_not_converted_is_an_error_that_names_it(text, message):
         _convert(text)
 
 
-def test_numbering_counts_labelled_equations_and_figures_in_book_order():
+def test_numbering_is_per_chapter_in_book_order():
     eqs, figs = mk.numbers()
-    assert list(eqs.values()) == list(range(1, len(eqs) + 1))
-    assert list(figs.values()) == list(range(1, len(figs) + 1))
-    assert eqs["eq-resnet"] == 1
-    first_of_ch3 = re.search(r"^:label: (\S+)",
-                             (ROOT / "book/03_memory_free_adjoint.md").read_text(), re.M)
-    ch1_ch2 = sum(len(re.findall(r"^:label: ", (ROOT / f"{c}.md").read_text(), re.M))
-                  for c in CHAPTERS[:2])
-    assert eqs[first_of_ch3.group(1)] == ch1_ch2 + 1
+    assert eqs["eq-resnet"] == "1.1"
+    for k, chapter in enumerate(CHAPTERS, start=1):
+        text = (ROOT / f"{chapter}.md").read_text()
+        labels = re.findall(r"^:label: (\S+)", text, re.M)
+        assert [eqs[label] for label in labels] == [f"{k}.{i}" for i in
+                                                    range(1, len(labels) + 1)]
+        names = [c.metadata["mystnb"]["figure"]["name"] for c in
+                 jupytext.read(ROOT / f"{chapter}.md").cells
+                 if "figure" in c.metadata.get("mystnb", {})]
+        assert [figs[n] for n in names] == [f"{k}.{i}" for i in range(1, len(names) + 1)]
+        title = nbformat.read(ROOT / f"{chapter}.ipynb", as_version=4).cells[0].source
+        assert title.startswith(f"# {k}. ")
 
 
 def test_costs_file_is_measured_and_names_its_machine():
@@ -151,3 +155,19 @@ def test_costs_file_is_measured_and_names_its_machine():
     for chapter in CHAPTERS:
         entry = costs["chapters"][Path(chapter).name]
         assert entry["quick"] > 0 and entry["full"] > 0
+
+
+def test_chapter_1_lists_the_whole_step_without_its_docstring():
+    """The listing selects lines of ResidualStack.step: a changed docstring must not cut
+    the body or leave half a docstring."""
+    nb = nbformat.read(ROOT / "book/01_resnets_are_euler_steps.ipynb", as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    listing = text.split("`ResidualStack.step` from `resode_tut/stack.py`:\n\n```python\n")[1]
+    listing = listing.split("\n```")[0]
+    import inspect
+
+    from resode_tut import ResidualStack
+    source = inspect.getsource(ResidualStack.step)
+    body = source.split('"""')[2].strip("\n")
+    import textwrap
+    assert listing == textwrap.dedent(source.split("\n")[0] + "\n" + body)
