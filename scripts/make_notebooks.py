@@ -82,7 +82,8 @@ def chapters() -> list[str]:
 
 def chapter_numbers() -> dict:
     """Page -> its number in the book: the pages of the numbered parts of ``_toc.yml``,
-    counted from 1 in order, as Sphinx numbers a numbered toctree."""
+    counted from 1 in order, as Sphinx numbers a numbered toctree.
+    """
     numbered = [c["file"] for part in _toc()["parts"] if part.get("numbered")
                 for c in part["chapters"]]
     return {page: k + 1 for k, page in enumerate(numbered)}
