@@ -19,6 +19,8 @@ fi
 
 echo "== 1/5 style: ruff (pyflakes, pycodestyle, imports, bugbear, NumPy docstrings)"
 ruff check .
+# the chapters' code as the Colab notebooks hold it: no line past the project's length
+ruff check --isolated --select E501 --line-length 100 book/
 
 echo "== 2/5 unit tests (tests/lib), experiment tests (tests/experiments), book consistency"
 python -m pytest tests

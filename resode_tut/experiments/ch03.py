@@ -121,26 +121,31 @@ def adjoint_benchmark(depths=(16, 64, 256, 1024), dim: int = 256, batch: int = 2
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table of :func:`adjoint_benchmark` rows.
+    """A plain-text table of :func:`adjoint_benchmark` rows, at most 80 characters wide
+    (it fits a page's column): the ratio columns are medians with their quartiles.
 
     Parameters
     ----------
     rows : list of dict
         As returned by :func:`adjoint_benchmark`.
     """
-    def ratio(r):
-        return "-" if r is None else f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
+    def short(v):       # four characters below 1,000: 0.54, 3.48, 32.2, 318
+        return (f"{v:.2f}" if v < 9.995 else f"{v:.1f}" if v < 99.95 else
+                f"{v:.0f}" if v < 999.5 else f"{v:.0e}")
 
-    head = (f"{'N':>6} {'method':>15} {'ms/step':>9} {'x backprop [IQR]':>20} "
-            f"{'x floor [IQR]':>20} {'MiB kept':>9} {'grad err':>9}")
+    def ratio(r):
+        return "-" if r is None else f"{short(r[0])} ({short(r[1])}-{short(r[2])})"
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    head = (f"{'N':>5} {'method':<14} {'ms/step':>7} {'x backprop':>16} {'x floor':>16} "
+            f"{'MiB':>7} {'grad err':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        ms = f"{r['ms']:9.1f}" if r["ms"] is not None else f"{'-':>9}"
-        floor = ratio(r["x_floor"])
-        mib = f"{r['mib']:9.3f}" if r["mib"] is not None else f"{'-':>9}"
-        err = f"{r['grad_error']:9.1e}" if r["grad_error"] is not None else f"{'-':>9}"
-        lines.append(f"{r['N']:>6} {r['method']:>15} {ms} {ratio(r['x_backprop']):>20} "
-                     f"{floor:>20} {mib} {err}")
+        lines.append(f"{r['N']:>5} {r['method']:<14} {num(r['ms'], '.1f'):>7} "
+                     f"{ratio(r['x_backprop']):>16} {ratio(r['x_floor']):>16} "
+                     f"{num(r['mib'], '.3f'):>7} {num(r['grad_error'], '.1e'):>8}")
     return "\n".join(lines)
 
 

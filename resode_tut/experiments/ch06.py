@@ -66,7 +66,7 @@ from .shipped import describe
 __all__ = ["use_style",
            "FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
            "code_version", "default_results_dir", "validate", "FinetuneResult", "get_config",
-           "result_name", "command", "describe",
+           "result_name", "command", "describe", "describe_config",
            "MalformedResult", "stale_results", "plot_accuracy", "plot_memory",
            "plot_gradients", "plot", "summary", "main"]
 
@@ -384,6 +384,27 @@ def plot(result: FinetuneResult):
     plot_gradients(result, axes[2])
     fig.suptitle(f"{result.config.name} on {result.device} - {result.data_source}")
     return fig
+
+
+def describe_config(config: FinetuneConfig | str, width: int = 80) -> str:
+    """The configuration as lines of at most ``width`` characters (``field=value``
+    groups), for a page's column instead of one long dataclass repr.
+
+    Parameters
+    ----------
+    config : FinetuneConfig or str
+    width : int
+    """
+    config = get_config(config)
+    lines, line = [], f"{config.name}:"
+    for f in dataclasses.fields(config)[1:]:
+        item = f"{f.name}={getattr(config, f.name)!r}"
+        if len(line) + 1 + len(item) > width:
+            lines.append(line)
+            line = "  " + item
+        else:
+            line += " " + item
+    return "\n".join(lines + [line])
 
 
 def summary(result: FinetuneResult) -> str:

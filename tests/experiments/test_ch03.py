@@ -49,6 +49,8 @@ def test_benchmark_rows_and_table(scheme):
     assert growth == pytest.approx(steps[8] / steps[4])
     table = bench.format_table(rows)
     assert "odeint_adjoint" in table and "floor" in table
+    assert max(len(line) for line in table.split("\n")) <= 80     # fits a page's column
+    assert f"{med:.2f} ({q25:.2f}-{q75:.2f})" in table or med >= 9.995
 
 
 def test_interleaving_rotates_the_order_and_ratios_are_paired(monkeypatch):

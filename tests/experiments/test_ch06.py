@@ -324,3 +324,11 @@ def test_command_line_names_an_unknown_device_before_any_work(capsys, monkeypatc
         with pytest.raises(SystemExit):
             finetune.main(["--config", "quick", "--device", "cuda"])
         assert "torch sees no GPU" in capsys.readouterr().err
+
+
+def test_the_configuration_prints_within_the_column():
+    for name in finetune.CONFIGS:
+        text = finetune.describe_config(name, width=80)
+        assert max(len(line) for line in text.split("\n")) <= 80
+        for f in dataclasses.fields(finetune.FinetuneConfig)[1:]:
+            assert f"{f.name}=" in text
