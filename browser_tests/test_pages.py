@@ -124,8 +124,10 @@ def test_colab_link_opens_existing_notebook(browser, server, page):
 
 # what a public page must never show: the builder's home directory, its caches, this
 # checkout's absolute path, a virtual environment
-LOCAL_PATHS = [re.escape(str(Path.home())), r"/root/", r"/home/\w+/", r"~/\.cache",
-               r"\.cache/resode_tut", re.escape(str(ROOT)), r"/tmp/", r"\.venv/"]
+# (a comment that names a default such as ~/.cache/resode_tut is documentation, not a path
+# of the builder's machine)
+LOCAL_PATHS = [re.escape(str(Path.home())) + "/", r"/root/", r"/home/\w+/",
+               re.escape(str(ROOT)), r"/tmp/", r"\.venv/"]
 
 
 @pytest.mark.parametrize("page", PAGES)
