@@ -1,4 +1,5 @@
-"""What a stored experiment result depends on: the code of every module it imports.
+"""What a stored experiment result depends on (chapters 5 and 6's shipped results): the
+code of every module it imports.
 
 A result computed by an experiment module is a function of its configuration and of
 the code it runs.  :func:`code_modules` finds that code by following the experiment's

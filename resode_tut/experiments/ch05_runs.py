@@ -85,8 +85,16 @@ def seed_grid(task: str, steps, seeds, iterations: int, lr: float, name: str | N
 
     Parameters
     ----------
-    task, steps, seeds, iterations, lr
+    task : str
         As for :func:`.solver_dependence.seed_grid`.
+    steps : sequence of float
+        Training steps.
+    seeds : sequence of int
+        One model per seed.
+    iterations : int
+        Adam steps.
+    lr : float
+        Adam's learning rate.
     name : str, optional
         The shipped result's name; None: always train.
     **kwargs

@@ -130,6 +130,13 @@ DEFAULT_SCALE = {"processes": 1, "amp": "off", "sync_batchnorm": False}
 def scale_options(amp: str | None = None, sync_batchnorm: bool = False) -> dict:
     """How this run is spread and rounded: processes (torchrun's world size), mixed
     precision and SyncBatchNorm. Part of the cache key and the checkpoints' fingerprint.
+
+    Parameters
+    ----------
+    amp : {None, "bf16", "fp16"}
+        Mixed precision (None: float32).
+    sync_batchnorm : bool
+        BatchNorm statistics over the global batch under torchrun.
     """
     return {"processes": distributed.current().world_size, "amp": amp or "off",
             "sync_batchnorm": bool(sync_batchnorm)}

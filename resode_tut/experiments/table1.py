@@ -1,4 +1,5 @@
-"""Table 1 of Ott et al. (2021), rerun at the paper's settings: a shipped result.
+"""Table 1 of Ott et al. (2021), rerun at the paper's settings, for chapter 5: a shipped
+result.
 
 The run itself is :func:`resode_tut.experiments.solver_dependence.compute_table1` (about
 50 minutes on two CPU cores at the paper's settings).  This module stores it as the

@@ -184,7 +184,7 @@ def _free_port():
 
 def _ch06(args, data_root, out):
     env = {**os.environ, "RESODE_DATA": str(data_root), "TQDM_DISABLE": "1",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "RESODE_CHECKPOINTS": str(Path(out) / "checkpoints")}
     # the c10d rendezvous (as for several nodes): each restart gets a fresh round
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--rdzv-id=test",
@@ -195,8 +195,8 @@ def _ch06(args, data_root, out):
 
 
 def _result(out):
-    (path,) = Path(out).glob("finetune-smoke-*.json")
-    data = json.loads(path.read_text())
+    (path,) = Path(out).glob("ch06-smoke-*.json")
+    data = json.loads(path.read_text())["data"]
     for timing in ("seconds", "load_average"):
         data.pop(timing)
     for phase in data["finetune"].values():
@@ -228,7 +228,7 @@ def test_torchrun_with_a_worker_killed_then_resumed_ends_as_an_uninterrupted_run
     os.kill(max(workers), signal.SIGKILL)
     log = killed.communicate(timeout=300)[0]
     assert killed.returncode != 0 and "exitcode: -9" in log, log
-    assert not list((tmp_path / "killed").glob("finetune-smoke-*.json"))
+    assert not list((tmp_path / "killed").glob("ch06-smoke-*.json"))
     resumed = _ch06(["--resume"], data_root, tmp_path / "killed")
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log
