@@ -6,15 +6,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TIMEOUT_LOG = """Traceback (most recent call last):
-  File "nbclient/client.py", line 782, in _async_poll_for_reply
-nbclient.exceptions.CellTimeoutError: A cell timed out while it was being executed, after 1800 seconds.
-The message was: Cell execution timed out.
-Here is a preview of the cell contents:
--------------------
-['table = ex.table1(run.pick(quick=ex.QUICK_TABLE1, full="paper"),', '                 cache_result=run.mode == "full")']
--------------------
-"""
+TIMEOUT_LOG = (
+    "Traceback (most recent call last):\n"
+    '  File "nbclient/client.py", line 782, in _async_poll_for_reply\n'
+    "nbclient.exceptions.CellTimeoutError: A cell timed out while it was being executed, "
+    "after 1800 seconds.\n"
+    "The message was: Cell execution timed out.\n"
+    "Here is a preview of the cell contents:\n"
+    "-------------------\n"
+    "['table = ex.table1(run.pick(quick=ex.QUICK_TABLE1, full=\"paper\"),', "
+    "'                 cache_result=run.mode == \"full\")']\n"
+    "-------------------\n")
 
 
 def _run(tmp_path, name, text):

@@ -56,7 +56,8 @@ def _command(name: str) -> str:
 
 def _load(name, key):
     """The current shipped result, announced on the page (where it came from, how to
-    recompute it), or None."""
+    recompute it), or None.
+    """
     found = shipped.load_current(name, key)
     if found is not None:
         print(shipped.describe(found))
