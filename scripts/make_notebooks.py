@@ -311,7 +311,14 @@ def colab_cells(page: str) -> list:
     """The cells a Colab reader meets first: the run mode as a form, what it costs."""
     name = page.split("/")[-1]
     cost = costs().get("chapters", {}).get(name, {})
-    note = costs().get("note", "")
+    measured = costs().get("measured", {})
+    note = ""
+    if measured:
+        note = (f"Measured on {measured.get('machine', '?')} "
+                f"({measured.get('full', {}).get('date', '?')}, one torch thread, every cell "
+                "top to bottom, the install not counted; full mode with the shipped results "
+                "loaded). Colab's free CPU runtime also has two cores. No GPU runtime has "
+                "timed these chapters yet.")
     gpu = name in GPU_CHAPTERS
     rows = [
         "| mode | 2 CPU cores (measured) | Colab GPU runtime |",
@@ -319,6 +326,12 @@ def colab_cells(page: str) -> list:
         f"| quick | {_minutes(cost.get('quick'))} | {cost.get('gpu_quick', 'not measured')} |",
         f"| full | {_minutes(cost.get('full'))} | {cost.get('gpu_full', 'not measured')} |",
     ]
+    # what the shipped results of this chapter cost to recompute: their own wall times
+    shipped = sorted((ROOT / "results").glob(f"ch{name[:2]}-*.json"))
+    if shipped and cost.get("full") is not None:
+        extra = sum(json.loads(p.read_text())["provenance"]["seconds"] for p in shipped)
+        rows.append(f"| full, recomputing the shipped results (`RESODE_RECOMPUTE=1`) | "
+                    f"{_minutes(cost['full'] + extra)} | not measured |")
     text = (
         "**Running this chapter on Colab.** The next cell chooses the run mode: `quick` "
         "runs every experiment small (what the book's CI runs; the claims still hold and "
