@@ -151,13 +151,19 @@ def test_notebooks_number_equations_and_figures_as_the_book_does():
         for label, number in re.findall(
                 r'id="equation-([\w-]+)"[^>]*>\s*<span class="eqno">\(([\d.]+)\)', text):
             seen_eqs[label] = number
-        for label, number in re.findall(
-                r'id="([\w-]+)"[^>]*>.*?<span class="caption-number">Fig\. ([\d.]+) </span>',
-                text, re.S):
-            if label in figs:
-                seen_figs[label] = number
+        for block in re.findall(r"<figure\b.*?</figure>", text, re.S):
+            label = re.search(r'id="([\w-]+)"', block)
+            number = re.search(r'<span class="caption-number">Fig\. ([\d.]+) </span>', block)
+            if label and number:
+                seen_figs[label.group(1)] = number.group(1)
     assert seen_eqs == eqs
-    assert seen_figs == figs
+    # a figure drawn only on a GPU has no image, so no number, in a CPU build: it must be
+    # the last of its chapter, so that the others keep their numbers
+    assert seen_figs == {k: v for k, v in figs.items() if k in seen_figs}
+    for label in set(figs) - set(seen_figs):
+        chapter, k = figs[label].split(".")
+        assert not any(v.startswith(chapter + ".") and int(v.split(".")[1]) > int(k)
+                       for v in seen_figs.values()), label
 
 
 def test_every_citation_reads_as_its_reference():

@@ -378,7 +378,7 @@ def plot(result: FinetuneResult):
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(9.4, 3.6), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.6), layout="constrained")
     plot_accuracy(result, axes[0])
     plot_memory(result, axes[1])
     plot_gradients(result, axes[2])

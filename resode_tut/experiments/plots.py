@@ -1,8 +1,8 @@
 """The figure style of every chapter (chapters 1-6) and small matplotlib helpers.
 
 Every figure of the book is drawn for the page's text column: at a 1280 px window
-the column is about 684 px wide, and a figure of width ``W`` inches drawn at
-:data:`DPI` is scaled by ``684 / (DPI * W)`` when ``W`` exceeds 6.84 in.  With every
+the column is about 660 px wide, and a figure of width ``W`` inches drawn at
+:data:`DPI` is scaled by ``660 / (DPI * W)`` when ``W`` exceeds 6.6 in.  With every
 font at least :data:`MIN_FONT_PT` points (13.9 image pixels) and every figure at most
 :data:`MAX_WIDTH_IN` inches wide, the smallest text is still at least 10 px tall on
 the page; on a phone the figures keep their own size and scroll sideways (the book's
@@ -20,7 +20,7 @@ __all__ = ["depth_axis", "use_style", "DPI", "MIN_FONT_PT", "MAX_WIDTH_IN"]
 
 DPI = 100            # dots per inch of every figure (inline and saved)
 MIN_FONT_PT = 10     # the smallest font of any figure text
-MAX_WIDTH_IN = 9.4   # the widest figure: 940 px, shown at 0.73 of its size
+MAX_WIDTH_IN = 9.0   # the widest figure: 900 px, shown at 0.73 of its size
 
 _STYLE = {
     "figure.dpi": DPI, "savefig.dpi": DPI,

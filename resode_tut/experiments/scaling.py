@@ -297,7 +297,7 @@ def plot(steps: dict, no_ddp: StepCheck, amp: dict):
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.4, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
     labels = [*steps, "adjoint,\nno DDP"]
     values = [c.vs_one_process for c in steps.values()] + [no_ddp.vs_one_process]
     colours = ["tab:blue", "tab:orange", "tab:red"]
