@@ -56,16 +56,21 @@ return Array.from(article.querySelectorAll('img'))
 """
 
 
+def _at_width(browser, server, page, width, script):  # noqa: F811
+    """Run ``script`` on ``page`` in a window ``width`` px wide (then back to 1280 px)."""
+    browser.set_window_size(width, 900)
+    try:
+        _load(browser, server, page)
+        return browser.execute_script(script)
+    finally:
+        browser.set_window_size(1280, 900)
+
+
 @pytest.mark.parametrize("width", [1280, 390])
 @pytest.mark.parametrize("page", PAGES)
 def test_nothing_is_wider_than_the_column_without_a_scrollbar(browser, server, page,  # noqa: F811
                                                               width):
-    browser.set_window_size(width, 900)
-    try:
-        _load(browser, server, page)
-        bad = browser.execute_script(_OVERFLOW)
-    finally:
-        browser.set_window_size(1280, 900)
+    bad = _at_width(browser, server, page, width, _OVERFLOW)
     assert not bad, f"{page} at {width} px: clipped or overflowing elements: {bad[:5]}"
 
 
@@ -89,12 +94,7 @@ return out;
 @pytest.mark.parametrize("width", [1280, 390])
 @pytest.mark.parametrize("page", CHAPTERS)
 def test_no_equation_number_covers_its_equation(browser, server, page, width):  # noqa: F811
-    browser.set_window_size(width, 900)
-    try:
-        _load(browser, server, page)
-        covered = browser.execute_script(_EQNO_OVERLAP)
-    finally:
-        browser.set_window_size(1280, 900)
+    covered = _at_width(browser, server, page, width, _EQNO_OVERLAP)
     assert not covered, f"{page} at {width} px: equation numbers over their equation: {covered}"
 
 
@@ -102,12 +102,7 @@ def test_no_equation_number_covers_its_equation(browser, server, page, width):  
 @pytest.mark.parametrize("page", CHAPTERS)
 def test_every_figure_is_numbered_captioned_and_legible(browser, server, page,  # noqa: F811
                                                         width):
-    browser.set_window_size(width, 900)
-    try:
-        _load(browser, server, page)
-        figures = browser.execute_script(_FIGURES)
-    finally:
-        browser.set_window_size(1280, 900)
+    figures = _at_width(browser, server, page, width, _FIGURES)
     assert figures, f"{page}: no figure"
     glyph = MIN_FONT_PT / 72 * DPI        # image pixels of the smallest text
     for fig in figures:

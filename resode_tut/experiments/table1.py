@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import shipped
+from .cli import positive_int
 from .solver_dependence import (
     KEEPS,
     PAPER_CHECK,
@@ -295,7 +296,7 @@ def main(argv=None) -> int:
                     "check and a strict one), five seeds; writes "
                     "results/ch05-table1-<config>.json with its provenance.")
     parser.add_argument("--config", default="paper", choices=sorted(TABLE1_CONFIGS))
-    parser.add_argument("--processes", type=_positive_int, default=None,
+    parser.add_argument("--processes", type=positive_int, default=None,
                         help="worker processes (default: all cores)")
     parser.add_argument("--out", default=None,
                         help="results folder (default $RESODE_RESULTS, else the "
@@ -315,16 +316,6 @@ def main(argv=None) -> int:
         print(f"{row['method']:<24} NFE {row['nfe']:6.1f}  accuracy "
               f"{row['accuracy'][0]:5.1f} +- {row['accuracy'][1]:4.1f} %  gap {row['gap']:.1f}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
-    return value
 
 
 if __name__ == "__main__":
