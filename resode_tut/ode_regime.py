@@ -8,6 +8,7 @@ gives a verdict with the evidence.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,10 @@ class RegimeReport:
         The training solver, if known.
     threshold : float
         Largest tolerated accuracy difference (points, in %).
+    chance : float
+        The accuracy of always predicting the most frequent label, in [0, 1]: a model no
+        solver lifts ``threshold`` points above it has learned nothing, and is flat under
+        every solver for that reason alone.
     """
 
     accuracy: dict
@@ -54,6 +59,14 @@ class RegimeReport:
     reference: Solver
     own: Solver | None
     threshold: float
+    chance: float = 0.0
+
+    @property
+    def learned(self) -> bool:
+        """True when some solver's accuracy is more than ``threshold`` points above
+        :attr:`chance`.
+        """
+        return 100 * (max(self.accuracy.values()) - self.chance) > self.threshold
 
     @property
     def max_gap(self) -> float:
@@ -62,15 +75,20 @@ class RegimeReport:
 
     @property
     def in_ode_regime(self) -> bool:
-        """True when every solver's accuracy is within ``threshold`` points of the others."""
-        return self.max_gap <= self.threshold
+        """True when the model learned (:attr:`learned`) and every solver's accuracy is
+        within ``threshold`` points of the others.
+        """
+        return self.learned and self.max_gap <= self.threshold
 
     def __str__(self) -> str:
         lines = [f"{'solver':<22}{'accuracy':>10}{'changed':>10}"]
         for s, a in self.accuracy.items():
             mark = " (own)" if s == self.own else (" (ref)" if s == self.reference else "")
             lines.append(f"{str(s) + mark:<22}{100 * a:>9.1f}%{100 * self.disagreement[s]:>9.1f}%")
-        verdict = ("IN the ODE regime: predictions are stable across solvers"
+        verdict = ("NOT determined: no solver's accuracy is above chance "
+                   f"({100 * self.chance:.1f}%), so the model has not learned the task"
+                   if not self.learned else
+                   "IN the ODE regime: predictions are stable across solvers"
                    if self.in_ode_regime else
                    "NOT in the ODE regime: the predictions depend on the solver")
         lines.append(f"max accuracy gap {self.max_gap:.1f} points "
@@ -103,6 +121,17 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
     RegimeReport
         ``print(report)`` shows the table and the verdict.
     """
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and "
+                        f"{type(y).__name__}: convert with torch.as_tensor(...)")
+    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold < 0:
+        raise ValueError(f"threshold is the largest tolerated gap in points, a number >= 0; "
+                         f"got {threshold!r}")
+    if len(x) == 0:
+        raise ValueError("x is empty: give at least one input")
+    if x.is_floating_point() and x.device.type != "meta" and not torch.isfinite(x).all():
+        raise ValueError("x holds NaN or infinite values: every solver would fail or agree "
+                         "on nonsense; clean the inputs first")
     if isinstance(model, NeuralODE):
         own = model.solver
         predict = lambda s: model(x, s)
@@ -122,14 +151,37 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
     if not solvers:
         raise ValueError("solvers is empty: give the solvers to compare (or None for the "
                          "default set), else dopri5 would only be compared with itself")
+    for s in solvers:
+        if not isinstance(s, Solver):
+            raise TypeError(f"solvers holds {s!r}, not a Solver: write e.g. "
+                            "rt.Solver('euler', step_size=1/8)")
     if own is not None and own not in solvers:
         solvers = [own] + solvers
     reference = Solver("dopri5", tol=1e-7)
     if reference not in solvers:
         solvers.append(reference)
+    if len(set(solvers)) < 2:
+        raise ValueError(f"only one distinct solver ({solvers[0]}): a verdict needs at "
+                         "least two to compare")
+    preds = {}
     with torch.no_grad():
-        preds = {s: predict(s).argmax(1) for s in solvers}
+        for s in solvers:
+            try:
+                logits = predict(s)
+            except AssertionError as err:       # torchdiffeq: "underflow in dt ..."
+                raise FloatingPointError(
+                    f"{s} failed on these inputs ({err}): the field blows up or the inputs "
+                    "are not finite; an adaptive solver cannot find a step") from err
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError(f"{s} gives non-finite logits: the field blows up "
+                                         "on these inputs")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+                raise ValueError(f"labels from {int(y.min())} to {int(y.max())} for a model "
+                                 f"with {logits.shape[1]} classes: give indices in "
+                                 f"0..{logits.shape[1] - 1}")
+            preds[s] = logits.argmax(1)
     ref = preds[reference]
     accuracy = {s: (p == y).double().mean().item() for s, p in preds.items()}
     disagreement = {s: (p != ref).double().mean().item() for s, p in preds.items()}
-    return RegimeReport(accuracy, disagreement, reference, own, threshold)
+    chance = torch.bincount(y.long().cpu()).max().item() / len(y)
+    return RegimeReport(accuracy, disagreement, reference, own, float(threshold), chance)
