@@ -176,6 +176,9 @@ def main(argv=None) -> None:
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.scheme == "heun" and min(args.depths) < 2:
+        parser.error(f"--depths: a Heun stack needs at least 2 residual functions, got "
+                     f"{min(args.depths)}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

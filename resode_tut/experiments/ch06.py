@@ -488,6 +488,11 @@ def main(argv=None) -> int:
     for flag, folder in (("--out", args.out), ("--checkpoints", args.checkpoints)):
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             parser.error(f"{flag} {folder} is a file: name a folder")
+    if not args.download:   # the data must be there: say so before any work, no traceback
+        try:
+            data_identity(args.data)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(f"--data: {err}")
     dist, device = distributed.setup(args.device)
     try:
         out = default_results_dir() if args.out is None else Path(args.out)

@@ -154,3 +154,9 @@ def test_layer_errors_group_each_functions_parameters():
     tied = tanh_stack(1, "smooth", dim=3)
     with pytest.raises(ValueError, match="tied weights"):
         layer_errors(type(stack)([tied.functions[0]] * 4), x, ("adjoint",))
+
+
+def test_the_command_line_names_a_heun_depth_below_two(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["adjoint", "--scheme", "heun", "--depths", "1", "4"])
+    assert "--depths: a Heun stack needs at least 2" in capsys.readouterr().err

@@ -332,3 +332,12 @@ def test_the_configuration_prints_within_the_column():
         assert max(len(line) for line in text.split("\n")) <= 80
         for f in dataclasses.fields(finetune.FinetuneConfig)[1:]:
             assert f"{f.name}=" in text
+
+
+def test_the_command_line_names_missing_data_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        finetune.main(["--config", "smoke", "--device", "cpu", "--data", str(tmp_path / "no"),
+                       "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "--data: CIFAR-10 not found" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -242,7 +242,7 @@ def test_torchrun_with_a_worker_killed_then_resumed_ends_as_an_uninterrupted_run
         assert all(torch.equal(a[k], b[k]) for k in a), phase
 
 
-def test_an_elastic_restart_resumes_by_itself(monkeypatch, tmp_path):
+def test_an_elastic_restart_resumes_by_itself(monkeypatch, tmp_path, data_root):
     """torchrun --max-restarts restarts workers with TORCHELASTIC_RESTART_COUNT > 0: the
     command line then resumes without --resume."""
     from resode_tut.experiments import ch06
@@ -252,5 +252,5 @@ def test_an_elastic_restart_resumes_by_itself(monkeypatch, tmp_path):
         monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", count)
         with pytest.raises(ZeroDivisionError):
             ch06.main(["--config", "smoke", "--device", "cpu", "--out", str(tmp_path),
-                       "--checkpoints", str(tmp_path / "c")])
+                       "--checkpoints", str(tmp_path / "c"), "--data", str(data_root)])
         assert seen[-1] is expected
