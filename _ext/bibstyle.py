@@ -41,16 +41,23 @@ def _surname(person) -> str:
     return codecs.decode(name, "ulatex").replace("{", "").replace("}", "")
 
 
+def author_year(entry) -> tuple[str, str]:
+    """``(authors, year)`` of a pybtex entry as the book cites it: "Sander et al.",
+    "Dupont and Doucet", "Chen" and the year (also used by ``scripts/make_notebooks.py``,
+    so that the Colab notebooks cite as the pages do)."""
+    names = [_surname(p) for p in entry.persons.get("author", [])]
+    who = (names[0] if len(names) == 1 else " and ".join(names) if len(names) == 2
+           else f"{names[0]} et al." if names else entry.key)
+    return who, entry.fields.get("year", "n.d.")
+
+
 class AuthorYearLabels(BaseLabelStyle):
     """Labels "Sander et al., 2022", "Dupont and Doucet, 2019", "Chen, 2018"."""
 
     def format_labels(self, sorted_entries):
         """Yield one label per entry."""
         for entry in sorted_entries:
-            names = [_surname(p) for p in entry.persons.get("author", [])]
-            who = (names[0] if len(names) == 1 else " and ".join(names) if len(names) == 2
-                   else f"{names[0]} et al." if names else entry.key)
-            yield f"{who}, {entry.fields.get('year', 'n.d.')}"
+            yield "{}, {}".format(*author_year(entry))
 
 
 class AuthorYearStyle(PlainStyle):

@@ -166,16 +166,15 @@ def _surname(person) -> str:
 
 
 def cite_label(entry) -> tuple[str, str]:
-    """``(authors, year)`` as the text shows them: "Sander et al.", "Dupont and Doucet"."""
-    people = entry.persons.get("author", [])
-    names = [_surname(p) for p in people]
-    if len(names) == 1:
-        who = names[0]
-    elif len(names) == 2:
-        who = f"{names[0]} and {names[1]}"
-    else:
-        who = f"{names[0]} et al."
-    return who, entry.fields.get("year", "n.d.")
+    """``(authors, year)`` as the text shows them: the book's own rule
+    (``_ext/bibstyle.author_year``), so that notebooks and pages cite alike.
+    """
+    sys.path.insert(0, str(ROOT / "_ext"))
+    try:
+        from bibstyle import author_year
+    finally:
+        sys.path.remove(str(ROOT / "_ext"))
+    return author_year(entry)
 
 
 def reference(entry) -> str:
@@ -310,8 +309,9 @@ def _minutes(seconds) -> str:
 def colab_cells(page: str) -> list:
     """The cells a Colab reader meets first: the run mode as a form, what it costs."""
     name = page.split("/")[-1]
-    cost = costs().get("chapters", {}).get(name, {})
-    measured = costs().get("measured", {})
+    table = costs()
+    cost = table.get("chapters", {}).get(name, {})
+    measured = table.get("measured", {})
     note = ""
     if measured:
         note = (f"Measured on {measured.get('machine', '?')} "

@@ -16,6 +16,7 @@ float64), never as pickles.  The chapter's command recomputes both::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -24,6 +25,7 @@ from ..node import Solver
 from ..node_training import NodeHistory
 from . import shipped
 from . import solver_dependence as sd
+from .table1 import decode_accuracy
 
 __all__ = ["seed_grid", "train_runs", "FULL_RUNS", "is_current", "main"]
 
@@ -47,7 +49,7 @@ def _state_from_json(d: dict) -> dict:
 
 
 def _solver_to_json(s: Solver) -> dict:
-    return {"method": s.method, "step_size": s.step_size, "tol": s.tol, "atol": s.atol}
+    return dataclasses.asdict(s)
 
 
 def _command(name: str) -> str:
@@ -74,9 +76,11 @@ def _train_runs_config(specs) -> dict:
                                           for s in specs])
 
 
-def _store(name, key, config, data, seconds, commit):
-    shipped.save(shipped.ShippedResult(
-        name, key, config, shipped.provenance(_command(name), seconds, commit=commit), data))
+def _store(name, key, config, data, seconds, commit) -> shipped.ShippedResult:
+    result = shipped.ShippedResult(
+        name, key, config, shipped.provenance(_command(name), seconds, commit=commit), data)
+    shipped.save(result)
+    return result
 
 
 def seed_grid(task: str, steps, seeds, iterations: int, lr: float, name: str | None = None,
@@ -113,9 +117,7 @@ def seed_grid(task: str, steps, seeds, iterations: int, lr: float, name: str | N
     found = _load(name, key)
     if found is not None:
         d = found.data
-        tests = {f"{m}|{k}": (m, k) for m, k in _test_keys()}
-        accuracy = {float(h): {tests[t]: v for t, v in acc.items()}
-                    for h, acc in d["accuracy"].items()}
+        accuracy = {float(h): decode_accuracy(acc) for h, acc in d["accuracy"].items()}
         grid = sd.SeedGrid(task, steps, seeds, accuracy, d["reference_step"], iterations, lr,
                            d["seconds"])
         models = {}
@@ -130,18 +132,11 @@ def seed_grid(task: str, steps, seeds, iterations: int, lr: float, name: str | N
     shipped.check_writable()
     commit, t0 = shipped.git_commit(), time.perf_counter()
     grid, models = sd.seed_grid(task, steps, seeds, iterations, lr, **kwargs)
-    data = dict(accuracy={repr(h): {f"{m}|{k}": v for (m, k), v in acc.items()}
-                          for h, acc in grid.accuracy.items()},
+    data = dict(accuracy={repr(h): sd._encode(acc) for h, acc in grid.accuracy.items()},
                 reference_step=grid.reference_step, seconds=grid.seconds,
                 models={repr(h): [_state_to_json(m) for m in ms] for h, ms in models.items()})
-    _store(name, key, config, data, time.perf_counter() - t0, commit)
-    grid.shipped = shipped.read(name)
+    grid.shipped = _store(name, key, config, data, time.perf_counter() - t0, commit)
     return grid, models
-
-
-def _test_keys(methods=("euler", "midpoint", "rk4")) -> list:
-    return ([("own", 1)] + [(m, k) for m in methods for k in sd.TEST_FACTORS]
-            + [(m, "ref") for m in methods])
 
 
 def train_runs(specs, name: str | None = None, processes: int | None = None):

@@ -190,10 +190,13 @@ def load(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         :func:`scale_options` (default: one process, float32).
     """
     config = get_config(config)
-    out_dir = default_results_dir() if out_dir is None else Path(out_dir)
     name = result_name(config, device, scale)
     data_id = None if any_data else data_identity(data_root)
-    return _read(name, out_dir, config, device, data_id)
+    for folder in shipped.search_dirs(out_dir):
+        found = _read(name, folder, config, device, data_id)
+        if found is not None:
+            return found
+    return None
 
 
 def stale_results(config: FinetuneConfig | str, out_dir=None) -> list:
@@ -267,17 +270,17 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
         file is recomputed with a warning.
     """
     config = get_config(config)
+    looked_in = out_dir                    # None: $RESODE_RESULTS, then the shipped results
     out_dir = default_results_dir() if out_dir is None else Path(out_dir)
     shipped.check_writable(out_dir)            # a bad folder fails now, not after the run
     scale = scale_options(amp, sync_batchnorm)
     name = result_name(config, device, scale)
     if not force and any_data:
-        result = _read(name, out_dir, config, device, None)
+        result = load(config, device, looked_in, any_data=True, scale=scale)
         if result is not None:
             return result
     cifar10(data_root, train=False, download=download)   # there, and sound, or fetched
-    data_id = data_identity(data_root)
-    result = None if force else _read(name, out_dir, config, device, data_id)
+    result = None if force else load(config, device, looked_in, data_root, scale=scale)
     if result is None:
         commit = shipped.git_commit()
         result = run(config, device, data_root, download, amp, sync_batchnorm,

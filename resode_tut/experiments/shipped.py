@@ -53,7 +53,8 @@ import torch
 from .cache import code_key, code_tokens
 
 __all__ = ["FORMAT", "ShippedResult", "code_tokens", "code_key", "result_key", "results_dir",
-           "recompute_requested", "git_commit", "read", "load_current", "save", "check_writable",
+           "recompute_requested", "git_commit", "read", "search_dirs", "load_current", "save",
+           "check_writable",
            "provenance", "describe", "shipped_names"]
 
 #: Version of the file layout; a file of another format is damaged, not stale.
@@ -61,17 +62,33 @@ FORMAT = 1
 _REPO_RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
-def results_dir() -> Path:
-    """Where shipped results live: ``$RESODE_RESULTS`` if set, else ``results/`` of the
-    checkout this package was imported from (the repository's root), else the copy that
+def _shipped_dir() -> Path:
+    """The results that ship with the code: the checkout's ``results/``, else the copy
     the package installs beside itself (``resode_tut/experiments/results``).
     """
+    return _REPO_RESULTS if _REPO_RESULTS.is_dir() else Path(__file__).resolve().parent / "results"
+
+
+def results_dir() -> Path:
+    """Where new results are written: ``$RESODE_RESULTS`` if set, else the shipped
+    results' folder (the repository's ``results/``).
+    """
     env = os.environ.get("RESODE_RESULTS", "").strip()
-    if env:
-        return Path(env).expanduser()
-    if _REPO_RESULTS.is_dir():
-        return _REPO_RESULTS
-    return Path(__file__).resolve().parent / "results"
+    return Path(env).expanduser() if env else _shipped_dir()
+
+
+def search_dirs(directory=None) -> list[Path]:
+    """Where results are looked for, in order: ``directory`` alone when given; else
+    ``$RESODE_RESULTS`` (your own runs) and then the shipped results, so that an empty
+    ``$RESODE_RESULTS`` never hides what ships with the code.
+
+    Parameters
+    ----------
+    directory : path, optional
+    """
+    if directory is not None:
+        return [Path(directory)]
+    return list(dict.fromkeys([results_dir(), _shipped_dir()]))
 
 
 def recompute_requested() -> bool:
@@ -232,16 +249,19 @@ def load_current(name: str, key: str, directory=None) -> ShippedResult | None:
     key : str
         :func:`result_key` for the current code and configuration.
     directory : path, optional
-        Default :func:`results_dir`.
+        Default: each of :func:`search_dirs` in turn.
     """
     if recompute_requested():
         return None
-    try:
-        found = read(name, directory)
-    except ValueError as err:
-        warnings.warn(f"{err}; recomputing", stacklevel=2)
-        return None
-    return found if found is not None and found.key == key else None
+    for folder in search_dirs(directory):
+        try:
+            found = read(name, folder)
+        except ValueError as err:
+            warnings.warn(f"{err}; recomputing", stacklevel=2)
+            continue
+        if found is not None and found.key == key:
+            return found
+    return None
 
 
 def save(result: ShippedResult, directory=None) -> Path:

@@ -31,7 +31,7 @@ from .solver_dependence import (
     compute_table1,
 )
 
-__all__ = ["Table1Config", "TABLE1_CONFIGS", "Table1", "table1", "load_table1",
+__all__ = ["Table1Config", "TABLE1_CONFIGS", "Table1", "table1", "load_table1", "decode_accuracy",
            "result_name", "table1_key", "COMPUTING_MODULE", "main"]
 
 #: The module whose code (and imports) Table 1's result is keyed on.
@@ -141,9 +141,7 @@ class Table1:
         d : dict
         """
         try:
-            tests = {f"{m}|{k}": (m, k) for m, k in _test_keys()}
-            dec = lambda acc: {tests[name]: [float(v) for v in vals]
-                               for name, vals in acc.items()}
+            dec = decode_accuracy
             accuracy = {float(h): dec(a) for h, a in d["grid"]["accuracy"].items()}
             if sorted(accuracy) != sorted(config.steps) or any(
                     len(v) != len(config.seeds) or not np.isfinite(v).all()
@@ -171,9 +169,20 @@ class Table1:
             raise ValueError(f"not a Table 1 result: {err!r}") from err
 
 
-def _test_keys(methods=("euler", "midpoint", "rk4")) -> list:
-    return ([("own", 1)] + [(m, k) for m in methods for k in TEST_FACTORS]
-            + [(m, "ref") for m in methods])
+def decode_accuracy(acc: dict) -> dict:
+    """Accuracies keyed ``"method|k"`` (as :func:`.solver_dependence.compute_table1` and
+    :mod:`.ch05_runs` write them) back to ``(method, k)`` keys, values as floats.
+
+    Parameters
+    ----------
+    acc : dict
+        ``"own|1"``, ``"rk4|0.5"``, ``"rk4|ref"``, ... -> list of accuracies.
+    """
+    methods = ("euler", "midpoint", "rk4")
+    tests = ([("own", 1)] + [(m, k) for m in methods for k in TEST_FACTORS]
+             + [(m, "ref") for m in methods])
+    names = {f"{m}|{k}": (m, k) for m, k in tests}
+    return {names[name]: [float(v) for v in vals] for name, vals in acc.items()}
 
 
 def _table1_config(config) -> Table1Config:

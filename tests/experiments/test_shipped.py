@@ -214,3 +214,19 @@ def test_chapter_5_runs_round_trip_bitwise(tmp_path, monkeypatch):
     other, _ = ch05_runs.seed_grid("spheres2d", [1 / 2], [0], 9, 1e-2, name="t-grid",
                                    processes=1)
     assert not hasattr(other, "shipped") or other.shipped.config["iterations"] == 9
+
+
+def test_an_empty_results_folder_never_hides_the_shipped_results(monkeypatch, tmp_path):
+    """RESODE_RESULTS is where your own runs go and are looked for first; the shipped
+    results are still found (a fresh clone with an empty RESODE_RESULTS recomputes
+    nothing)."""
+    monkeypatch.delenv("RESODE_RECOMPUTE", raising=False)
+    monkeypatch.setenv("RESODE_RESULTS", str(tmp_path))
+    assert shipped.results_dir() == tmp_path
+    assert shipped.search_dirs() == [tmp_path, ROOT / "results"]
+    assert table1.load_table1("paper") is not None
+    assert ch06.load("cpu-full", "cpu", any_data=True) is not None
+    assert all(ch05_runs.is_current(n) for n in ch05_runs.FULL_RUNS)
+    # a current result of your own comes first; a stale one does not hide the shipped one
+    shipped.save(shipped.ShippedResult("ch05-table1-paper", "stale", {}, {}, None), tmp_path)
+    assert table1.load_table1("paper").shipped.path.parent == ROOT / "results"
