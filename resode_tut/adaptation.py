@@ -5,7 +5,7 @@ every ``every`` iterations on the current batch against a more accurate solver:
 halve ``h`` when the two disagree, otherwise try a 10% larger step.
 :class:`ToleranceAdapter` -- the same idea for an adaptive solver's tolerance.
 
-Constants follow the paper's code: a gap threshold of 0.1 (batch accuracy),
+Constants follow the paper's code: a batch-accuracy gap limit of 0.1 (10 points),
 checks every 50 iterations, at most 500 steps, and an initial step from the
 starting-step heuristic of Hairer, Norsett and Wanner (1993, II.4).
 """
@@ -15,14 +15,26 @@ import math
 
 import torch
 
-from .node import NeuralODE, Solver
+from .node import NeuralODE
+from .solvers import Solver
 
-__all__ = ["initial_step_size", "StepSizeAdapter", "ToleranceAdapter", "PAPER_THRESHOLD"]
+__all__ = ["initial_step_size", "StepSizeAdapter", "ToleranceAdapter", "PAPER_GAP_LIMIT"]
 
-#: The paper's batch check (its code's constant): the largest accuracy difference, as a
-#: fraction, between the training solver and the test solver that lets a step (or a
-#: tolerance) grow.  The default of both adapters.
-PAPER_THRESHOLD = 0.1
+#: The paper's batch check (its code's constant 0.1, here in points): the largest
+#: accuracy difference between the training solver and the test solver on a batch that
+#: lets a step (or a tolerance) grow.  The default ``gap_limit`` of both adapters.
+PAPER_GAP_LIMIT = 10.0
+
+
+def _check_adapter_args(gap_limit, every, max_steps=1) -> None:
+    if (isinstance(gap_limit, bool) or not isinstance(gap_limit, (int, float))
+            or not math.isfinite(gap_limit) or gap_limit < 0):
+        raise ValueError(f"gap_limit is the largest tolerated batch-accuracy gap in points, "
+                         f"a finite number >= 0 (the paper: {PAPER_GAP_LIMIT:g}); got "
+                         f"{gap_limit!r}")
+    for name, value in (("every", every), ("max_steps", max_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def initial_step_size(field, x: torch.Tensor, order: int = 1) -> float:
@@ -40,8 +52,11 @@ def initial_step_size(field, x: torch.Tensor, order: int = 1) -> float:
     order : int
         Order of the solver.
     """
+    if not torch.isfinite(x).all():
+        raise ValueError("the batch holds NaN or infinite values: no starting step can be "
+                         "computed from it; clean the data")
     with torch.no_grad():
-        t0 = torch.zeros((), dtype=x.dtype)
+        t0 = torch.zeros((), dtype=x.dtype, device=x.device)     # x's device, CUDA too
         f0 = field(t0, x)
         norm = lambda v: v.flatten(1).norm(dim=1).mean().item()
         d0, d1 = norm(x), norm(f0)
@@ -53,16 +68,25 @@ def initial_step_size(field, x: torch.Tensor, order: int = 1) -> float:
 
 
 def _halve_keep_or_grow(model, x, y, acc_train: float, acc_test: float, grown: Solver,
-                        threshold: float) -> str:
-    """The paper's check on a batch, given the accuracies with the training and the test
-    solver: ``"halve"`` when they differ by more than ``threshold``, else ``"grow"``
-    when the ``grown`` (cheaper) solver still agrees with the test solver, else ``"keep"``.
+                        gap_limit: float) -> str:
+    """The paper's check on a batch, given the accuracies (fractions) with the training
+    and the test solver: ``"halve"`` when they differ by more than ``gap_limit`` points,
+    else ``"grow"`` when the ``grown`` (cheaper) solver still agrees with the test
+    solver, else ``"keep"``.
     """
-    if abs(acc_train - acc_test) > threshold:
+    if 100 * abs(acc_train - acc_test) > gap_limit:
         return "halve"
-    if abs(acc_test - model.accuracy(x, y, grown)) > threshold:
+    if 100 * abs(acc_test - model.accuracy(x, y, grown)) > gap_limit:
         return "keep"
     return "grow"
+
+
+def _started(adapter, model) -> None:
+    if not adapter.started:
+        raise RuntimeError(f"{type(adapter).__name__}.update() before start(): call "
+                           "adapter.start(model, first_batch) first (train_node does)")
+    if not isinstance(model, NeuralODE):
+        raise TypeError(f"the adapters adapt a NeuralODE's solver, got {type(model).__name__}")
 
 
 class StepSizeAdapter:
@@ -70,9 +94,9 @@ class StepSizeAdapter:
 
     Parameters
     ----------
-    threshold : float
-        Largest tolerated accuracy gap (fraction) between the training solver
-        and the test solver on a batch.
+    gap_limit : float
+        Largest tolerated accuracy gap (points) between the training solver
+        and the test solver on a batch (the paper: 10).
     every : int
         Iterations between checks.
     max_steps : int
@@ -86,10 +110,17 @@ class StepSizeAdapter:
         One entry per check: iteration count, ``h``, both accuracies, action.
     """
 
-    def __init__(self, threshold: float = PAPER_THRESHOLD, every: int = 50, max_steps: int = 500):
-        self.threshold, self.every, self.max_steps = threshold, every, max_steps
+    def __init__(self, gap_limit: float = PAPER_GAP_LIMIT, every: int = 50,
+                 max_steps: int = 500):
+        _check_adapter_args(gap_limit, every, max_steps)
+        self.gap_limit, self.every, self.max_steps = float(gap_limit), every, max_steps
         self.step_size = None
         self.log = []
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has set the initial step."""
+        return self.step_size is not None
 
     def start(self, model: NeuralODE, x: torch.Tensor) -> None:
         """Set the initial step from the heuristic on the first batch.
@@ -119,12 +150,13 @@ class StepSizeAdapter:
         y : torch.Tensor, shape (B,)
             Class indices.
         """
+        _started(self, model)
         h = self.step_size
         grown = min(1.1 * h, 1.0)
         acc_train = model.accuracy(x, y, Solver("euler", h))
         acc_test = model.accuracy(x, y, self.test_solver(h))
         action = _halve_keep_or_grow(model, x, y, acc_train, acc_test, Solver("euler", grown),
-                                     self.threshold)
+                                     self.gap_limit)
         self.log.append(dict(step_size=h, acc_train=acc_train, acc_test=acc_test,
                              action=action))
         self.step_size = {"halve": max(h / 2, 1 / self.max_steps), "keep": h,
@@ -140,7 +172,7 @@ class ToleranceAdapter:
     solver at ``tol`` is compared with ``test_method`` at ``tol / test_factor``, the
     test tolerance lowered by further factors ``test_factor`` until the test solver
     takes more field evaluations than the training solver (a test as cheap as the
-    training solve would check nothing).  A gap above ``threshold`` halves ``tol``;
+    training solve would check nothing).  A gap above ``gap_limit`` points halves ``tol``;
     otherwise ``1.1 tol`` is tried and kept if the training solver there still agrees
     with the test.  While the training solver's evaluation count has been the same
     for the last ``patience`` iterations, ``tol`` is left unchanged (its steps do
@@ -154,8 +186,8 @@ class ToleranceAdapter:
         Initial ``rtol = atol`` (the paper's code: 1e-6).
     test_method : str
         The more accurate solver the training solver is checked against.
-    threshold : float
-        Largest tolerated batch-accuracy gap (fraction).
+    gap_limit : float
+        Largest tolerated batch-accuracy gap (points; the paper: 10).
     every : int
         Iterations between checks.
     test_factor : float
@@ -176,14 +208,18 @@ class ToleranceAdapter:
     """
 
     def __init__(self, method: str = "fehlberg2", tol: float = 1e-6,
-                 test_method: str = "dopri5", threshold: float = PAPER_THRESHOLD, every: int = 50,
-                 test_factor: float = 5.0, min_test_tol: float = 1e-12, patience: int = 5):
+                 test_method: str = "dopri5", gap_limit: float = PAPER_GAP_LIMIT,
+                 every: int = 50, test_factor: float = 5.0, min_test_tol: float = 1e-12,
+                 patience: int = 5):
         Solver(method, tol=tol), Solver(test_method, tol=tol)  # validate
-        if test_factor <= 1 or min_test_tol <= 0 or patience < 1:
-            raise ValueError(f"need test_factor > 1, min_test_tol > 0 and patience >= 1, "
-                             f"got {test_factor}, {min_test_tol}, {patience}")
+        _check_adapter_args(gap_limit, every)
+        if not (test_factor > 1 and min_test_tol > 0) or isinstance(patience, bool) or \
+                not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"need test_factor > 1, min_test_tol > 0 and an integer "
+                             f"patience >= 1, got {test_factor}, {min_test_tol}, {patience!r}")
         self.method, self.tol, self.test_method = method, tol, test_method
-        self.threshold, self.every = threshold, every
+        self.gap_limit, self.every = float(gap_limit), every
+        self.started = False
         self.test_factor, self.min_test_tol, self.patience = test_factor, min_test_tol, patience
         self.log = []
         self._train_nfe = []
@@ -199,6 +235,7 @@ class ToleranceAdapter:
         """
         model.solver = Solver(self.method, tol=self.tol)
         self._train_nfe = []
+        self.started = True
 
     def observe(self, nfe: int) -> None:
         """Record one training iteration's field evaluations (called by
@@ -212,9 +249,9 @@ class ToleranceAdapter:
         self._train_nfe = (self._train_nfe + [int(nfe)])[-self.patience:]
 
     def _accuracy_and_nfe(self, model, x, y, solver):
-        before = model.field.nfe
+        before = model.nfe
         acc = model.accuracy(x, y, solver)
-        return acc, model.field.nfe - before
+        return acc, model.nfe - before
 
     def update(self, model: NeuralODE, x: torch.Tensor, y: torch.Tensor) -> None:
         """Check the current tolerance on the batch ``(x, y)`` and adapt it.
@@ -227,6 +264,7 @@ class ToleranceAdapter:
         y : torch.Tensor, shape (B,)
             Class indices.
         """
+        _started(self, model)
         tol = self.tol
         entry = dict(tol=tol)
         if len(self._train_nfe) == self.patience and len(set(self._train_nfe)) == 1:
@@ -242,7 +280,7 @@ class ToleranceAdapter:
                 acc_test, nfe_test = self._accuracy_and_nfe(
                     model, x, y, Solver(self.test_method, tol=test_tol))
             action = _halve_keep_or_grow(model, x, y, acc_train, acc_test,
-                                         Solver(self.method, tol=1.1 * tol), self.threshold)
+                                         Solver(self.method, tol=1.1 * tol), self.gap_limit)
             entry.update(test_tol=test_tol, acc_train=acc_train, acc_test=acc_test,
                          nfe_train=nfe_train, nfe_test=nfe_test, action=action)
             self.tol = {"halve": tol / 2, "keep": tol, "grow": 1.1 * tol}[action]

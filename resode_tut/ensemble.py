@@ -33,14 +33,15 @@ from torch import nn
 from torch.func import stack_module_state
 
 from .node import NeuralODE
-from .node_training import NodeHistory
+from .node_training import NodeHistory, check_training_data
 from .progress import progress as progress_bar
 from .solvers import Solver
 
 __all__ = ["euler_grid", "euler_logits", "train_euler_ensemble"]
 
 
-def euler_grid(step_size: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def euler_grid(step_size: float, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> torch.Tensor:
     """The steps ``dt_n`` that torchdiffeq's fixed-grid Euler takes on [0, 1].
 
     The grid is ``0, h, 2h, ...`` up to the first point at or past 1, which is replaced
@@ -52,6 +53,8 @@ def euler_grid(step_size: float, dtype: torch.dtype = torch.float32) -> torch.Te
         ``h`` in (0, 1].
     dtype : torch.dtype
         The dtype of the time points (torchdiffeq takes the state's).
+    device : torch.device or str, optional
+        Where the steps live (the state's device; default: the CPU).
 
     Returns
     -------
@@ -64,16 +67,16 @@ def euler_grid(step_size: float, dtype: torch.dtype = torch.float32) -> torch.Te
     niters = int(torch.ceil((t[1] - t[0]) / step_size + 1).item())
     grid = torch.arange(0, niters, dtype=dtype) * step_size + t[0]
     grid[-1] = t[-1]
-    return grid.diff()
+    return grid.diff().to(device)
 
 
-def _grids(step_sizes, dtype) -> torch.Tensor:
+def _grids(step_sizes, dtype, device=None) -> torch.Tensor:
     """Per-model Euler steps, (K, N_max), zero-padded: a model with fewer steps idles."""
     grids = [euler_grid(h, dtype) for h in step_sizes]
     out = torch.zeros(len(grids), max(len(g) for g in grids), dtype=dtype)
     for k, g in enumerate(grids):
         out[k, :len(g)] = g
-    return out
+    return out.to(device)
 
 
 def _stacked_layers(field: nn.Module, params: dict) -> list:
@@ -134,7 +137,7 @@ def _stacked_field(layers: list, z: torch.Tensor) -> torch.Tensor:
     return u.squeeze(-1)
 
 
-def euler_logits(model: NeuralODE, params: dict, x: torch.Tensor, steps) -> torch.Tensor:
+def euler_logits(model: NeuralODE, params: dict, x: torch.Tensor, dt) -> torch.Tensor:
     """Logits of ``K`` models with stacked weights, Euler on [0, 1].
 
     Parameters
@@ -147,21 +150,23 @@ def euler_logits(model: NeuralODE, params: dict, x: torch.Tensor, steps) -> torc
         (:func:`torch.func.stack_module_state`).
     x : torch.Tensor, shape (K, B, *state_shape)
         Initial states, one batch per model.
-    steps : int or torch.Tensor
-        ``N = 1/h``, the same for every model; or each model's steps ``dt``, shape
-        (K, N_max), zero after a model's last step (as :func:`euler_grid` gives them).
+    dt : int or torch.Tensor
+        The number of steps ``N`` (steps ``1/N``), the same for every model; or each
+        model's step lengths, shape (K, N_max), zero after a model's last step (as
+        :func:`euler_grid` gives them), moved to ``x``'s device and dtype.
 
     Returns
     -------
     torch.Tensor, shape (K, B, num_classes)
     """
-    if not isinstance(steps, torch.Tensor):
-        steps = euler_grid(1 / steps, x.dtype).expand(x.shape[0], -1)
-    if steps.ndim != 2 or steps.shape[0] != x.shape[0]:
-        raise ValueError(f"steps of shape {tuple(steps.shape)}: expected (K = {x.shape[0]}, "
+    if not isinstance(dt, torch.Tensor):
+        dt = euler_grid(1 / dt, x.dtype).expand(x.shape[0], -1)
+    if dt.ndim != 2 or dt.shape[0] != x.shape[0]:
+        raise ValueError(f"dt of shape {tuple(dt.shape)}: expected (K = {x.shape[0]}, "
                          "N_max)")
     layers = _stacked_layers(model.field, params)
-    dts = steps.to(x.dtype).T.reshape(steps.shape[1], -1, *[1] * (x.ndim - 1))
+    dts = dt.to(device=x.device, dtype=x.dtype).T.reshape(dt.shape[1], -1,
+                                                          *[1] * (x.ndim - 1))
     z = x
     for dt in dts:                                  # (K, 1, ...): one step of each model
         z = z + dt * _stacked_field(layers, z)
@@ -171,7 +176,7 @@ def euler_logits(model: NeuralODE, params: dict, x: torch.Tensor, steps) -> torc
 
 def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1e-4,
                          batch_size: int = 128, seeds=None, adapters=None, log_every: int = 50,
-                         progress: bool = False) -> list[NodeHistory]:
+                         progress: bool = True) -> list[NodeHistory]:
     """Train ``K`` Neural ODEs of one architecture together: Adam on cross-entropy,
     gradients by backpropagation through Euler, each model at its own step.
 
@@ -201,7 +206,8 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
     log_every : int
         Iterations between entries of each history.
     progress : bool
-        Show a progress bar.
+        Show a progress bar (tqdm; off where ``TQDM_DISABLE=1``, as in the book's builds
+        and the tests).
 
     Returns
     -------
@@ -229,11 +235,15 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
         if not all(hasattr(a, "step_size") and hasattr(a, "update") for a in adapters):
             raise ValueError("the ensemble trains with Euler: its adapters must be "
                              "StepSizeAdapters (adapt a tolerance with train_node)")
+        if len({a.every for a in adapters}) != 1:
+            raise ValueError("the adapters check at different intervals (every): give them "
+                             "one, the ensemble updates them together")
         if step_size is not None:
             raise ValueError("with adapters the step comes from them: pass step_size=None")
     elif step_size is None:
         raise ValueError("step_size is None: give a step (or adapters that choose it)")
-    x_train, y_train = data[0], data[1]
+    x_train, y_train = check_training_data(data, models[0].head.out_features, iterations,
+                                           batch_size, log_every)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     if adapters is not None:
         for a, m, g in zip(adapters, models, gens):
@@ -244,7 +254,7 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
               else [float(h) for h in step_size])
         if len(hs) != len(models):
             raise ValueError(f"{len(hs)} step sizes for {len(models)} models: give one each")
-    grids = _grids(hs, x_train.dtype)
+    grids = _grids(hs, x_train.dtype, x_train.device)
     params, _ = stack_module_state(models)          # (K, ...) leaves that require grad
     opt = torch.optim.Adam(params.values(), lr=lr)
     classes = models[0].head.out_features
@@ -268,7 +278,7 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
             for k, (a, m) in enumerate(zip(adapters, models)):
                 a.update(m, x_train[idx[k]], y_train[idx[k]])
             hs = [a.step_size for a in adapters]
-            grids = _grids(hs, x_train.dtype)
+            grids = _grids(hs, x_train.dtype, x_train.device)
         opt.step()
         if it % log_every == 0 or it == iterations:
             mean = torch.stack(window).mean(0)

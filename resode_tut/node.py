@@ -42,10 +42,9 @@ class SphereField(nn.Module):
             nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU(),
             nn.Conv1d(channels, 1, 1))
         _kaiming(self)
-        self.nfe = 0
 
     def forward(self, t, z):
-        """``dz/dt``; counts the evaluation in ``nfe``.
+        """``dz/dt``.
 
         Parameters
         ----------
@@ -54,7 +53,6 @@ class SphereField(nn.Module):
         z : torch.Tensor, shape (B, d)
             State.
         """
-        self.nfe += 1
         return self.net(z.unsqueeze(1)).squeeze(1)
 
 
@@ -76,10 +74,9 @@ class ImageField(nn.Module):
             nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels, in_channels, 1))
         _kaiming(self)
-        self.nfe = 0
 
     def forward(self, t, z):
-        """``dz/dt``; counts the evaluation in ``nfe``.
+        """``dz/dt``.
 
         Parameters
         ----------
@@ -88,7 +85,6 @@ class ImageField(nn.Module):
         z : torch.Tensor, shape (B, C, H, W)
             State.
         """
-        self.nfe += 1
         return self.net(z)
 
 
@@ -98,8 +94,8 @@ class NeuralODE(nn.Module):
     Parameters
     ----------
     field : nn.Module
-        ``(t, z) -> dz/dt``, e.g. :class:`SphereField`; it counts its
-        evaluations in ``field.nfe``.
+        ``(t, z) -> dz/dt``, e.g. :class:`SphereField` or any torchdiffeq-style
+        field of your own.
     state_shape : tuple of int
         Shape of one input (the state), e.g. ``(2,)`` or ``(1, 8, 8)``.
     num_classes : int
@@ -107,6 +103,12 @@ class NeuralODE(nn.Module):
         The solver used when :meth:`forward` gets none (the training solver).
 
     Shapes: input (B, *state_shape) -> logits (B, num_classes).
+
+    Attributes
+    ----------
+    nfe : int
+        Evaluations of ``field`` so far, counted by the model (forward solves and
+        the backward passes through them), so any field can be counted.
     """
 
     def __init__(self, field: nn.Module, state_shape, num_classes: int, solver: Solver):
@@ -115,6 +117,11 @@ class NeuralODE(nn.Module):
         self.state_shape = tuple(state_shape)
         self.head = nn.Linear(int(torch.Size(self.state_shape).numel()), num_classes)
         self.solver = solver
+        self.nfe = 0
+
+    def _counted_field(self, t, z):
+        self.nfe += 1
+        return self.field(t, z)
 
     def _check(self, x):
         if tuple(x.shape[1:]) != self.state_shape:
@@ -144,7 +151,13 @@ class NeuralODE(nn.Module):
         solver = solver or self.solver
         if times is None:
             times = torch.tensor([0.0, 1.0])
-        return odeint(self.field, x, times.to(x), **solver.odeint_kwargs())
+        try:
+            return odeint(self._counted_field, x, times.to(x), **solver.odeint_kwargs())
+        except AssertionError as err:           # torchdiffeq: "underflow in dt ..."
+            raise FloatingPointError(
+                f"{solver} failed ({err}): the field blows up on these inputs, an adaptive "
+                "solver cannot find a step; lower the learning rate or check the inputs"
+            ) from err
 
     def forward(self, x: torch.Tensor, solver: Solver | None = None) -> torch.Tensor:
         """Logits ``head(z(1))``, shape (B, *state_shape) -> (B, num_classes).

@@ -8,6 +8,7 @@ lines into a loop of your own.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,41 @@ from .node import NeuralODE
 from .progress import progress as progress_bar
 
 __all__ = ["NodeHistory", "train_node"]
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_training_data(data, num_classes: int, iterations, batch_size, log_every):
+    """``(x_train, y_train)`` of ``data`` after checking it and the loop's counts.
+
+    Raises a ``ValueError`` (``TypeError`` for non-tensors) that names the problem: counts
+    below 1, empty data, labels that are not integer class indices of shape ``(N,)`` in
+    ``0 .. num_classes - 1``, or a different number of labels and inputs.
+    """
+    _positive_int("iterations", iterations)
+    _positive_int("batch_size", batch_size)
+    _positive_int("log_every", log_every)
+    if not isinstance(data, (tuple, list)) or len(data) < 2:
+        raise TypeError("data must be a tuple (x_train, y_train, ...)")
+    x, y = data[0], data[1]
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x_train and y_train must be tensors, got {type(x).__name__} and "
+                        f"{type(y).__name__}: convert with torch.as_tensor(...)")
+    if len(x) == 0:
+        raise ValueError("x_train is empty: give at least one training input")
+    if y.dim() != 1 or len(y) != len(x):
+        raise ValueError(f"labels of shape {tuple(y.shape)} for {len(x)} inputs: give one "
+                         f"class index per input, shape ({len(x)},) (e.g. y.view(-1))")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels of dtype {y.dtype}: give integer class indices "
+                         "(y.long())")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"labels from {int(y.min())} to {int(y.max())} for a model with "
+                         f"{num_classes} classes: give indices in 0..{num_classes - 1}")
+    return x, y
 
 
 @dataclass
@@ -40,7 +76,7 @@ class NodeHistory:
 
 def train_node(model: NeuralODE, data, iterations: int, lr: float = 3e-3,
                batch_size: int = 128, seed: int = 0, adapter=None, log_every: int = 50,
-               progress: bool = False) -> NodeHistory:
+               progress: bool = True) -> NodeHistory:
     """Adam on cross-entropy, gradients by backpropagation through the solver.
 
     Parameters
@@ -64,44 +100,49 @@ def train_node(model: NeuralODE, data, iterations: int, lr: float = 3e-3,
     log_every : int
         Iterations between entries of the history.
     progress : bool
-        Show a progress bar.
+        Show a progress bar (tqdm; off where ``TQDM_DISABLE=1``, as in the book's builds
+        and the tests).
 
     Returns
     -------
     NodeHistory
     """
-    x_train, y_train = data[0], data[1]
+    if not isinstance(model, NeuralODE):
+        raise TypeError(f"model must be a NeuralODE, got {type(model).__name__}: wrap your "
+                        "field as rt.NeuralODE(field, state_shape, num_classes, solver)")
+    x_train, y_train = check_training_data(data, model.head.out_features, iterations,
+                                           batch_size, log_every)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     hist = NodeHistory()
     if adapter is not None:
         adapter.start(model, x_train[torch.randint(len(x_train), (batch_size,), generator=gen)])
-    nfe0, losses = model.field.nfe, []
+    nfe0, losses = model.nfe, []
     for it in progress_bar(range(1, iterations + 1), "iterations", enabled=progress):
         idx = torch.randint(len(x_train), (batch_size,), generator=gen)
         xb, yb = x_train[idx], y_train[idx]
-        nfe_before = model.field.nfe
+        nfe_before = model.nfe
         loss = nn.functional.cross_entropy(model(xb), yb)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at iteration "
                                      f"{it} with solver {model.solver}: lower lr")
-        forward_nfe = model.field.nfe
+        forward_nfe = model.nfe
         opt.zero_grad()
         loss.backward()
-        train_nfe = model.field.nfe
+        train_nfe = model.nfe
         if adapter is not None and hasattr(adapter, "observe"):
             adapter.observe(forward_nfe - nfe_before)
         if adapter is not None and it % adapter.every == 0:
             adapter.update(model, xb, yb)
-        model.field.nfe = train_nfe  # adaptation's test solves are not training cost
+        model.nfe = train_nfe  # adaptation's test solves are not training cost
         opt.step()
         losses.append(loss.item())
         if it % log_every == 0 or it == iterations:
             hist.iteration.append(it)
             hist.loss.append(float(np.mean(losses)))
             hist.solver.append(model.solver)
-            hist.nfe.append((model.field.nfe - nfe0) / len(losses))
-            nfe0, losses = model.field.nfe, []
+            hist.nfe.append((model.nfe - nfe0) / len(losses))
+            nfe0, losses = model.nfe, []
     return hist
 
 

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
-from .node import NeuralODE, Solver
+from .node import NeuralODE
+from .solvers import Solver
 
-__all__ = ["RegimeReport", "ode_regime", "default_test_solvers"]
+__all__ = ["RegimeReport", "ode_regime", "default_test_solvers", "ODE_GAP_LIMIT"]
+
+#: Points (%): a model is *in the ODE regime* when its accuracies under all test solvers
+#: (the training solver and equal-or-finer ones) lie within this many points of each
+#: other.  The default ``gap_limit`` of :func:`ode_regime`; chapter 5 uses it throughout.
+ODE_GAP_LIMIT = 3.0
 
 
 def default_test_solvers(own: Solver | None) -> list[Solver]:
@@ -46,11 +52,11 @@ class RegimeReport:
         The most accurate solve (dopri5 at a tight tolerance).
     own : Solver or None
         The training solver, if known.
-    threshold : float
+    gap_limit : float
         Largest tolerated accuracy difference (points, in %).
     chance : float
         The accuracy of always predicting the most frequent label, in [0, 1]: a model no
-        solver lifts ``threshold`` points above it has learned nothing, and is flat under
+        solver lifts ``gap_limit`` points above it has learned nothing, and is flat under
         every solver for that reason alone.
     """
 
@@ -58,15 +64,15 @@ class RegimeReport:
     disagreement: dict
     reference: Solver
     own: Solver | None
-    threshold: float
+    gap_limit: float
     chance: float = 0.0
 
     @property
     def learned(self) -> bool:
-        """True when some solver's accuracy is more than ``threshold`` points above
+        """True when some solver's accuracy is more than ``gap_limit`` points above
         :attr:`chance`.
         """
-        return 100 * (max(self.accuracy.values()) - self.chance) > self.threshold
+        return 100 * (max(self.accuracy.values()) - self.chance) > self.gap_limit
 
     @property
     def max_gap(self) -> float:
@@ -76,9 +82,9 @@ class RegimeReport:
     @property
     def in_ode_regime(self) -> bool:
         """True when the model learned (:attr:`learned`) and every solver's accuracy is
-        within ``threshold`` points of the others.
+        within ``gap_limit`` points of the others.
         """
-        return self.learned and self.max_gap <= self.threshold
+        return self.learned and self.max_gap <= self.gap_limit
 
     def __str__(self) -> str:
         lines = [f"{'solver':<22}{'accuracy':>10}{'changed':>10}"]
@@ -92,12 +98,12 @@ class RegimeReport:
                    if self.in_ode_regime else
                    "NOT in the ODE regime: the predictions depend on the solver")
         lines.append(f"max accuracy gap {self.max_gap:.1f} points "
-                     f"(threshold {self.threshold:g}) -> {verdict}")
+                     f"(limit {self.gap_limit:g}) -> {verdict}")
         return "\n".join(lines)
 
 
 def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
-               threshold: float = 3.0, readout=None) -> RegimeReport:
+               gap_limit: float = ODE_GAP_LIMIT, readout=None) -> RegimeReport:
     """Check whether a trained Neural ODE's predictions are stable across solvers.
 
     Parameters
@@ -111,7 +117,7 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
         Labels.
     solvers : sequence of Solver, optional
         Default :func:`default_test_solvers` of the model's own solver.
-    threshold : float
+    gap_limit : float
         Largest accuracy difference (points) still called stable.
     readout : callable, optional
         ``z(1) -> logits`` for a plain vector field.
@@ -124,9 +130,10 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"x and y must be tensors, got {type(x).__name__} and "
                         f"{type(y).__name__}: convert with torch.as_tensor(...)")
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold < 0:
-        raise ValueError(f"threshold is the largest tolerated gap in points, a number >= 0; "
-                         f"got {threshold!r}")
+    if (isinstance(gap_limit, bool) or not isinstance(gap_limit, (int, float))
+            or math.isnan(gap_limit) or gap_limit < 0):
+        raise ValueError(f"gap_limit is the largest tolerated gap in points, a number >= 0; "
+                         f"got {gap_limit!r}")
     if len(x) == 0:
         raise ValueError("x is empty: give at least one input")
     if x.is_floating_point() and x.device.type != "meta" and not torch.isfinite(x).all():
@@ -184,4 +191,4 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
     accuracy = {s: (p == y).double().mean().item() for s, p in preds.items()}
     disagreement = {s: (p != ref).double().mean().item() for s, p in preds.items()}
     chance = torch.bincount(y.long().cpu()).max().item() / len(y)
-    return RegimeReport(accuracy, disagreement, reference, own, float(threshold), chance)
+    return RegimeReport(accuracy, disagreement, reference, own, float(gap_limit), chance)

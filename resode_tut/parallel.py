@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -44,6 +44,9 @@ def _start_method() -> str:
 
 def _init_worker():
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the parent alone handles it, by
+    # terminating the workers (a worker that died of it would leave its job unfinished)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def parallel_map(fn: Callable, jobs: Iterable, processes: int | None = None) -> list:
@@ -63,11 +66,17 @@ def parallel_map(fn: Callable, jobs: Iterable, processes: int | None = None) -> 
     list
         The results, in the order of ``jobs``.  Every job runs on one thread,
         also when ``processes == 1``, so the numbers do not depend on it.
+
+    Raises
+    ------
+    KeyboardInterrupt, or the first exception of a job
+        After the workers are terminated: an interrupted or failed map leaves no
+        process computing behind it.
     """
     jobs = list(jobs)
     processes = default_processes() if processes is None else processes
-    if processes < 1:
-        raise ValueError(f"processes must be >= 1, got {processes}")
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be an integer >= 1, got {processes!r}")
     if processes == 1 or len(jobs) <= 1:
         # one thread, as in a worker: the same numbers whatever the process count
         threads = torch.get_num_threads()
@@ -77,6 +86,13 @@ def parallel_map(fn: Callable, jobs: Iterable, processes: int | None = None) -> 
         finally:
             torch.set_num_threads(threads)
     ctx = mp.get_context(_start_method())
-    with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=ctx,
-                             initializer=_init_worker) as pool:
-        return list(pool.map(fn, jobs))
+    pool = ctx.Pool(min(processes, len(jobs)), initializer=_init_worker)
+    try:
+        results = pool.map(fn, jobs, chunksize=1)
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+    return results

@@ -12,7 +12,12 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["digits", "concentric_spheres", "xor"]
+__all__ = ["digits", "concentric_spheres", "xor", "SHELLS"]
+
+
+def _float_dtype(dtype, why: str) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype} ({why})")
 
 
 def digits(test_fraction: float = 0.25, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -33,6 +38,7 @@ def digits(test_fraction: float = 0.25, seed: int = 0, dtype: torch.dtype = torc
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    _float_dtype(dtype, "the standardised features would be truncated to a few integers")
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -47,7 +53,8 @@ def digits(test_fraction: float = 0.25, seed: int = 0, dtype: torch.dtype = torc
             to(y[test], torch.int64))
 
 
-_SHELLS = ((0.10, 0.15, 0), (0.25, 0.30, 1), (0.40, 0.45, 0))  # (r_min, r_max, label)
+#: The three shells of :func:`concentric_spheres`: ``(r_min, r_max, label)``.
+SHELLS = ((0.10, 0.15, 0), (0.25, 0.30, 1), (0.40, 0.45, 0))
 
 
 def concentric_spheres(n: int, dim: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -75,13 +82,12 @@ def concentric_spheres(n: int, dim: int = 2, seed: int = 0, dtype: torch.dtype =
     for name, value, least in (("n", n, 4), ("dim", dim, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype, got {dtype} (points lie "
-                         "within radius 0.45: an integer dtype would round them all to 0)")
+    _float_dtype(dtype, "points lie within radius 0.45: an integer dtype would round them "
+                 "all to 0")
     gen = torch.Generator().manual_seed(seed)
     counts = [n // 4, n - 2 * (n // 4), n // 4]
     xs, ys = [], []
-    for (r_min, r_max, label), m in zip(_SHELLS, counts):
+    for (r_min, r_max, label), m in zip(SHELLS, counts):
         direction = torch.randn(m, dim, generator=gen, dtype=torch.float64)
         direction = direction / direction.norm(dim=1, keepdim=True)
         u = torch.rand(m, 1, generator=gen, dtype=torch.float64)
@@ -99,5 +105,6 @@ def xor(dtype: torch.dtype = torch.float32):
     (x, y)
         ``x`` of shape (4, 2), ``y`` of shape (4,) int64.
     """
+    _float_dtype(dtype, "the inputs of a network")
     x = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], dtype=dtype)
     return x, torch.tensor([0, 1, 1, 0])

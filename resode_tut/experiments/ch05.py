@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
-from ..datasets.small import _SHELLS
-from ..node import NeuralODE, Solver
+from ..datasets.small import SHELLS
+from ..node import NeuralODE
+from ..solvers import Solver
 from . import ch05_runs as shipped_runs
 from .plots import use_style
 from .shipped import describe
 from .solver_dependence import (
-    KEEPS,
+    ODE_GAP_LIMIT,
     TASKS,
     TEST_FACTORS,
     AdaptedSeeds,
@@ -41,7 +42,8 @@ from .table1 import TABLE1_CONFIGS, Table1, table1
 
 __all__ = ["use_style",
            "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
-           "KEEPS", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "Table1", "table1",
+           "ODE_GAP_LIMIT", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds", "Table1",
+           "table1",
            "describe", "shipped_runs",
            "Table1Config", "TABLE1_CONFIGS", "QUICK_TABLE1",
            "train_runs", "crossing_pairs", "windermere_fan", "plot_grid", "plot_adaptation",
@@ -57,18 +59,18 @@ QUICK_TABLE1 = Table1Config("chapter-quick", "spheres2d", (1 / 2, 1 / 8), (0, 1)
 # A model that learned nothing is flat under every solver: before a seed's models locate
 # the critical step, the seed must have learned the task.
 
-def learned_seeds(grid: SeedGrid, threshold: float = 0.9) -> list[int]:
+def learned_seeds(grid: SeedGrid, min_accuracy: float = 0.9) -> list[int]:
     """Positions (in ``grid.seeds``) of the seeds whose finest-step model reaches
-    ``threshold`` test accuracy with rk4 at the reference step, i.e. as an ODE.
+    ``min_accuracy`` test accuracy with rk4 at the reference step, i.e. as an ODE.
 
     Parameters
     ----------
     grid : SeedGrid
-    threshold : float
+    min_accuracy : float
         Accuracy in [0, 1].
     """
     finest = grid.accuracy[min(grid.steps)]["rk4", "ref"]
-    return [i for i, acc in enumerate(finest) if acc >= threshold]
+    return [i for i, acc in enumerate(finest) if acc >= min_accuracy]
 
 
 def seed_subset(grid: SeedGrid, positions) -> SeedGrid:
@@ -237,12 +239,12 @@ def shells(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"x must have shape (B, d), got {tuple(x.shape)}")
     r = x.double().norm(dim=1)
     index = torch.full(r.shape, -1, dtype=torch.int64)
-    for k, (r_min, r_max, _) in enumerate(_SHELLS):
+    for k, (r_min, r_max, _) in enumerate(SHELLS):
         index[(r >= r_min - 1e-6) & (r <= r_max + 1e-6)] = k
     if (index < 0).any():
         bad = r[index < 0][0].item()
         raise ValueError(f"a point at radius {bad:.4g} lies on none of the shells "
-                         f"{[s[:2] for s in _SHELLS]}: pass concentric_spheres data")
+                         f"{[s[:2] for s in SHELLS]}: pass concentric_spheres data")
     return index
 
 
@@ -267,7 +269,7 @@ def shell_accuracy(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> np.n
                          f"{tuple(y.shape)} must hold the same B points")
     index = shells(x)
     right = (pred == y).double()
-    return np.array([right[index == k].mean().item() for k in range(len(_SHELLS))])
+    return np.array([right[index == k].mean().item() for k in range(len(SHELLS))])
 
 
 def _diameter(z: torch.Tensor) -> float:

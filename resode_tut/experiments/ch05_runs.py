@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from ..node import Solver
 from ..node_training import NodeHistory
+from ..solvers import Solver
 from . import shipped
 from . import solver_dependence as sd
 from .table1 import decode_accuracy

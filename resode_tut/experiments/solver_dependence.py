@@ -23,26 +23,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adaptation import PAPER_THRESHOLD
-from ..node import ImageField, NeuralODE, Solver, SphereField
+from ..adaptation import PAPER_GAP_LIMIT
+from ..node import ImageField, NeuralODE, SphereField
 from ..node_training import train_node
+from ..ode_regime import ODE_GAP_LIMIT
 from ..parallel import parallel_map
+from ..solvers import Solver
 
 __all__ = ["make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
-           "KEEPS", "PAPER_CHECK", "SeedGrid", "seed_grid", "AdaptedSeeds", "adapted_seeds",
+           "ODE_GAP_LIMIT", "PAPER_GAP_LIMIT", "SeedGrid", "seed_grid", "AdaptedSeeds",
+           "adapted_seeds",
            "train_runs", "Table1Config", "compute_table1"]
 
 TASKS = ("spheres2d", "spheres3d", "spheres10d", "digits")
 TEST_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
-#: Points (%): a model *keeps its accuracy* -- is in the ODE regime -- when its test
-#: accuracies under all test solvers lie within this many points of each other (the
-#: default of :func:`resode_tut.ode_regime`).  Chapter 5 uses this one threshold for
-#: every such statement; the adapters' PAPER_CHECK is the paper's *batch* check in training.
-KEEPS = 3.0
-#: The paper's batch check for step-size adaptation: the largest accuracy difference (a
-#: fraction) between Euler at ``h`` and the test solver that lets ``h`` grow (the
-#: default of :class:`resode_tut.StepSizeAdapter`).
-PAPER_CHECK = PAPER_THRESHOLD
+# Two gap limits, both in points (%): ODE_GAP_LIMIT (3) -- a model *keeps its accuracy*,
+# is in the ODE regime, when its test accuracies lie within it (rt.ode_regime's default,
+# used by every such statement of chapter 5); PAPER_GAP_LIMIT (10) -- the paper's batch
+# check during step-size adaptation (the adapters' default).
 
 
 def _sphere_dim(task: str) -> int | None:
@@ -153,7 +151,7 @@ class SolverGrid:
         vals = list(self.accuracy[train].values())
         return 100 * (max(vals) - min(vals))
 
-    def critical_step(self, tol: float = KEEPS):
+    def critical_step(self, tol: float = ODE_GAP_LIMIT):
         """``(h_ok, h_fail)``: the largest training step whose model keeps its accuracy
         (max gap <= ``tol`` points) under every test, and the next larger grid step, which
         fails (None where the grid does not bracket it).
@@ -312,7 +310,7 @@ class SeedGrid:
         table = 100 * np.asarray(list(self.accuracy[h].values()))    # (tests, seeds)
         return (table.max(0) - table.min(0)).tolist()
 
-    def critical_step(self, tol: float = KEEPS):
+    def critical_step(self, tol: float = ODE_GAP_LIMIT):
         """``(h_ok, h_fail)``: the largest training step from which on every finer step's
         *mean* gap over the seeds is at most ``tol`` points, and the next larger grid
         step (None where the grid does not bracket it).
@@ -336,7 +334,7 @@ def _train_seeds(job):
     data = load_task(task, seed=cfg["data_seed"])
     models = [make_model(task, Solver("euler", h), seed=s) for s in seeds]
     train_euler_ensemble(models, data, h, cfg["iterations"], lr=cfg["lr"],
-                         batch_size=cfg["batch_size"], seeds=seeds)
+                         batch_size=cfg["batch_size"], seeds=seeds, progress=False)
     tests = [_test_grid(m, data[2], data[3], cfg) for m in models]
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     return {key: [t[key] for t in tests] for key in tests[0]}, states
@@ -413,7 +411,7 @@ def _train_spec(spec):
                None: lambda: None}[spec.get("adapt")]()
     hist = train_node(model, data, spec["iterations"], lr=spec.get("lr", 3e-3),
                       batch_size=spec.get("batch_size", 128), seed=spec.get("seed", 0),
-                      adapter=adapter)
+                      adapter=adapter, progress=False)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return state, model.solver, hist, (adapter.log if adapter is not None else [])
 
@@ -475,8 +473,8 @@ class AdaptedSeeds:
     iterations : int
     lr : float
     seconds : float
-    threshold : float
-        The adapters' batch check (:class:`resode_tut.StepSizeAdapter`).
+    gap_limit : float
+        The adapters' batch check, points (:class:`resode_tut.StepSizeAdapter`).
     """
 
     task: str
@@ -488,7 +486,7 @@ class AdaptedSeeds:
     iterations: int
     lr: float
     seconds: float = 0.0
-    threshold: float = PAPER_CHECK
+    gap_limit: float = PAPER_GAP_LIMIT
 
     def mean_std(self, test=("own", 1)) -> tuple[float, float]:
         """Mean and standard deviation (points, %) over the seeds of one test.
@@ -526,10 +524,10 @@ def _adapt_seeds(job):
     from ..ensemble import train_euler_ensemble
     data = load_task(task, seed=cfg["data_seed"])
     models = [make_model(task, Solver("euler", 1.0), seed=s) for s in seeds]
-    adapters = [StepSizeAdapter(threshold=cfg["threshold"]) for _ in seeds]
+    adapters = [StepSizeAdapter(gap_limit=cfg["gap_limit"]) for _ in seeds]
     hists = train_euler_ensemble(models, data, None, cfg["iterations"], lr=cfg["lr"],
                                  batch_size=cfg["batch_size"], seeds=seeds, adapters=adapters,
-                                 log_every=cfg["iterations"])
+                                 log_every=cfg["iterations"], progress=False)
     tests = [_test_grid(m, data[2], data[3], cfg) for m in models]
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     return dict(step_sizes=[a.step_size for a in adapters], nfe=[h.nfe[0] for h in hists],
@@ -540,7 +538,7 @@ def _adapt_seeds(job):
 def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
                   lr: float = 1e-4, batch_size: int = 128, data_seed: int = 0,
                   test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
-                  reference_step: float = 1 / 256, threshold: float = PAPER_CHECK):
+                  reference_step: float = 1 / 256, gap_limit: float = PAPER_GAP_LIMIT):
     """Step-size adaptation (:class:`resode_tut.StepSizeAdapter`, the paper's
     algorithm), one model per seed, all trained together
     (:func:`resode_tut.train_euler_ensemble`), each tested on the grid of
@@ -566,10 +564,10 @@ def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
         As for :func:`solver_grid`.
     reference_step : float
         As for :func:`solver_grid`.
-    threshold : float
-        The adapters' batch check: the largest accuracy difference (a fraction)
-        between Euler at ``h`` and the test solver that lets ``h`` grow (default:
-        the paper's, :data:`PAPER_CHECK`).
+    gap_limit : float
+        The adapters' batch check: the largest accuracy difference (points) between
+        Euler at ``h`` and the test solver that lets ``h`` grow (default: the
+        paper's, :data:`PAPER_GAP_LIMIT`).
 
     Returns
     -------
@@ -580,7 +578,7 @@ def adapted_seeds(task: str, seeds=(0, 1, 2, 3, 4), iterations: int = 10_000,
         raise ValueError("adapted_seeds needs at least one seed")
     cfg = dict(iterations=iterations, lr=lr, batch_size=batch_size, data_seed=data_seed,
                test_methods=tuple(test_methods), factors=tuple(factors),
-               reference_step=reference_step, threshold=threshold)
+               reference_step=reference_step, gap_limit=gap_limit)
     t0 = time.perf_counter()
     out, states = _adapt_seeds((task, seeds, cfg))
     return _adapted_from(task, seeds, cfg, out, states, time.perf_counter() - t0)
@@ -594,7 +592,7 @@ def _adapted_from(task, seeds, cfg, out, states, seconds):
         models.append(model)
     return AdaptedSeeds(task, seeds, out["step_sizes"], out["nfe"], out["accuracy"],
                         out["logs"], cfg["iterations"], cfg["lr"], seconds,
-                        cfg["threshold"]), models
+                        cfg["gap_limit"]), models
 
 
 # -- Table 1 of the paper: what it runs and the run itself ------------------------------
@@ -616,9 +614,9 @@ class Table1Config:
     lr : float
     batch_size : int
     reference_step : float
-    strict_threshold : float or None
-        A second step adaptation whose batch check is the chapter's own threshold
-        (``KEEPS`` points, as a fraction) instead of :data:`PAPER_CHECK`; None: not run.
+    strict_gap_limit : float or None
+        A second step adaptation whose batch check is the chapter's own limit
+        (:data:`ODE_GAP_LIMIT` points) instead of :data:`PAPER_GAP_LIMIT`; None: not run.
     """
 
     name: str
@@ -629,7 +627,7 @@ class Table1Config:
     lr: float
     batch_size: int = 128
     reference_step: float = 1 / 256
-    strict_threshold: float | None = KEEPS / 100
+    strict_gap_limit: float | None = ODE_GAP_LIMIT
 
 
 def _table_job(job):
@@ -664,9 +662,9 @@ def compute_table1(config: Table1Config, processes: int | None = None) -> dict:
                reference_step=config.reference_step)
     seeds = list(config.seeds)
     steps = sorted(config.steps)                                  # most Euler steps first
-    thresholds = [PAPER_CHECK] + ([] if config.strict_threshold is None
-                                  else [config.strict_threshold])
-    adapt_cfgs = [{**cfg, "threshold": t} for t in thresholds]
+    limits = [PAPER_GAP_LIMIT] + ([] if config.strict_gap_limit is None
+                                  else [config.strict_gap_limit])
+    adapt_cfgs = [{**cfg, "gap_limit": g} for g in limits]
     jobs = ([("adapt", config.task, seeds, c) for c in adapt_cfgs]
             + [("grid", config.task, h, seeds, cfg) for h in steps])
     t0 = time.perf_counter()
@@ -676,7 +674,7 @@ def compute_table1(config: Table1Config, processes: int | None = None) -> dict:
             for c, r in zip(adapt_cfgs, results)]
     run = lambda a: None if a is None else dict(
         step_sizes=a.step_sizes, nfe=a.nfe, accuracy=_encode(a.accuracy), logs=a.logs,
-        seconds=a.seconds, threshold=a.threshold)
+        seconds=a.seconds, gap_limit=a.gap_limit)
     accuracy = {repr(h): _encode(acc) for h, (acc, _) in zip(steps, results[len(adapt_cfgs):])}
     return dict(grid=dict(accuracy=accuracy, seconds=seconds), adapted=run(runs[0]),
                 strict=run(runs[1] if len(runs) > 1 else None), seconds=seconds,

@@ -22,8 +22,8 @@ import torch
 from . import shipped
 from .cli import positive_int
 from .solver_dependence import (
-    KEEPS,
-    PAPER_CHECK,
+    ODE_GAP_LIMIT,
+    PAPER_GAP_LIMIT,
     TEST_FACTORS,
     AdaptedSeeds,
     SeedGrid,
@@ -63,7 +63,7 @@ class Table1:
     processes : int
         Worker processes.
     strict : AdaptedSeeds or None
-        Step adaptation with the batch check at ``config.strict_threshold``.
+        Step adaptation with the batch check at ``config.strict_gap_limit``.
     shipped : ShippedResult or None
         The result file it was loaded from or written to, with its provenance; None
         when it was computed and not stored.
@@ -92,7 +92,7 @@ class Table1:
             return float("nan")
         return float(self.shipped.provenance.get("load_after", float("nan")))
 
-    def grid_choice(self, tol: float = KEEPS) -> float | None:
+    def grid_choice(self, tol: float = ODE_GAP_LIMIT) -> float | None:
         """Grid search's pick: the coarsest step from which on every finer step keeps
         its accuracy (mean gap over the seeds <= ``tol`` points); None if none does.
 
@@ -103,7 +103,7 @@ class Table1:
         """
         return self.grid.critical_step(tol)[0]
 
-    def rows(self, tol: float = KEEPS) -> list[dict]:
+    def rows(self, tol: float = ODE_GAP_LIMIT) -> list[dict]:
         """The table's rows -- grid search, step adaptation (the paper's check) and,
         when run, step adaptation with the strict check: method, evaluations per
         iteration, accuracy (own solver, mean and std over seeds, %) and the largest gap
@@ -127,7 +127,7 @@ class Table1:
             nfe, nfe_std = run.nfe_mean_std()
             rows.append(dict(method=method, nfe=nfe, nfe_std=nfe_std,
                              step=float(np.mean(run.step_sizes)), accuracy=run.mean_std(),
-                             gap=float(np.mean(run.gaps())), threshold=run.threshold))
+                             gap=float(np.mean(run.gaps())), gap_limit=run.gap_limit))
         return rows
 
     @classmethod
@@ -151,17 +151,17 @@ class Table1:
                             config.reference_step, config.iterations, config.lr,
                             d["grid"]["seconds"])
 
-            def run(a, threshold):
+            def run(a, gap_limit):
                 if a is None:
                     return None
-                if a["threshold"] != threshold or len(a["step_sizes"]) != len(config.seeds):
+                if a["gap_limit"] != gap_limit or len(a["step_sizes"]) != len(config.seeds):
                     raise ValueError("an adapted run does not match its configuration")
                 return AdaptedSeeds(config.task, list(config.seeds), a["step_sizes"],
                                     a["nfe"], dec(a["accuracy"]), a["logs"],
-                                    config.iterations, config.lr, a["seconds"], threshold)
-            adapted = run(d["adapted"], PAPER_CHECK)
-            strict = run(d["strict"], config.strict_threshold)
-            if adapted is None or (strict is None) != (config.strict_threshold is None):
+                                    config.iterations, config.lr, a["seconds"], gap_limit)
+            adapted = run(d["adapted"], PAPER_GAP_LIMIT)
+            strict = run(d["strict"], config.strict_gap_limit)
+            if adapted is None or (strict is None) != (config.strict_gap_limit is None):
                 raise ValueError("the adapted runs do not match the configuration")
             return cls(config, grid, adapted, float(d["seconds"]), int(d["processes"]),
                        strict)

@@ -28,7 +28,7 @@ def test_a_computed_table_is_cached_and_read_back_unchanged(tiny):
     assert again.grid.accuracy == result.grid.accuracy
     assert again.adapted.accuracy == result.adapted.accuracy
     assert again.strict.accuracy == result.strict.accuracy
-    assert again.strict.logs == result.strict.logs and again.strict.threshold == 0.03
+    assert again.strict.logs == result.strict.logs and again.strict.gap_limit == 3.0
     assert again.rows() == result.rows()
     assert again.shipped.provenance["command"] == t1.command(TINY)
     # the key names the configuration: another one is not served this file
@@ -51,7 +51,7 @@ def test_rows_are_computed_from_the_per_seed_numbers(tiny):
     assert adapt["gap"] == pytest.approx(np.mean(result.adapted.gaps()))
     strict = rows["step adaptation, strict"]
     assert strict["nfe"] == pytest.approx(np.mean(result.strict.nfe))
-    assert (adapt["threshold"], strict["threshold"]) == (0.1, TINY.strict_threshold)
+    assert (adapt["gap_limit"], strict["gap_limit"]) == (10.0, TINY.strict_gap_limit)
     assert result.grid_choice(tol=-1.0) is None      # nothing keeps a negative gap
     assert [r["method"] for r in result.rows(tol=-1.0)] == ["step adaptation",
                                                             "step adaptation, strict"]
@@ -66,7 +66,7 @@ def test_the_adapted_seeds_are_those_train_node_gives(tiny, run):
     runs = getattr(result, run)
     data = sd.load_task("spheres2d")
     model = sd.make_model("spheres2d", sd.Solver("euler", 1.0), seed=1)
-    adapter = StepSizeAdapter(threshold=runs.threshold)
+    adapter = StepSizeAdapter(gap_limit=runs.gap_limit)
     hist = train_node(model, data, TINY.iterations, lr=TINY.lr, batch_size=TINY.batch_size,
                       seed=1, adapter=adapter, log_every=TINY.iterations)
     assert runs.step_sizes[1] == pytest.approx(adapter.step_size, rel=1e-9)
@@ -85,7 +85,7 @@ def test_a_damaged_or_cut_file_is_recomputed_with_a_warning(tiny, tmp_path):
                 json.dumps({**whole, "data": {**d, "grid": {"accuracy": {}, "seconds": 0}}}),
                 json.dumps({**whole, "data": {**d, "strict": None}}),   # the config runs it
                 json.dumps({**whole, "data": {**d, "strict": {**d["strict"],
-                                                                "threshold": 0.1}}})):
+                                                                "gap_limit": 10.0}}})):
         path.write_text(bad)
         with pytest.warns(UserWarning, match="damaged|not a Table 1 result"):
             assert t1.load_table1(TINY, tmp_path) is None
@@ -127,9 +127,9 @@ def test_the_command_line_stores_what_the_chapter_then_loads(tmp_path):
 
 def test_the_papers_check_is_the_adapters_default_and_halvings_count_the_logs(tiny):
     from resode_tut import StepSizeAdapter
-    assert sd.PAPER_CHECK == StepSizeAdapter().threshold
+    assert sd.PAPER_GAP_LIMIT == StepSizeAdapter().gap_limit
     result, _ = tiny
-    assert result.adapted.threshold == sd.PAPER_CHECK
+    assert result.adapted.gap_limit == sd.PAPER_GAP_LIMIT
     # seed 1's strict check halves where the paper's grows (its batch gap lies between)
     assert result.strict.halvings()[1] == result.adapted.halvings()[1] + 1
     assert result.strict.halvings() == [[e["action"] for e in log].count("halve")

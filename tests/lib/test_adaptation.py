@@ -10,6 +10,7 @@ from resode_tut import (
     SphereField,
     StepSizeAdapter,
     ToleranceAdapter,
+    adaptation,
     initial_step_size,
     ode_regime,
     train_node,
@@ -39,7 +40,7 @@ def test_coarse_model_fails_the_regime_check_and_adapter_reacts():
         100 * (max(report.accuracy.values()) - min(report.accuracy.values())))
     assert "ODE regime" in str(report)
     # the adapter halves h when the training and test solvers disagree on a batch
-    adapter = StepSizeAdapter(threshold=0.0)
+    adapter = StepSizeAdapter(gap_limit=0.0)
     adapter.step_size = 1 / 2
     x, y = data[2][:256], data[3][:256]
     gap = abs(model.accuracy(x, y, Solver("euler", 1 / 2))
@@ -62,12 +63,12 @@ def test_the_tolerance_test_is_made_more_accurate_than_training():
     data = load_task("spheres2d")
     x, y = data[0][:128], data[1][:128]
     model = _small_model()
-    model.field.nfe = 0
+    model.nfe = 0
     model.accuracy(x, y, Solver("dopri5", tol=1e-2))
-    train_cost = model.field.nfe
-    model.field.nfe = 0
+    train_cost = model.nfe
+    model.nfe = 0
     model.accuracy(x, y, Solver("dopri5", tol=1e-2 / 1.2))
-    assert model.field.nfe <= train_cost            # the first candidate checks nothing
+    assert model.nfe <= train_cost            # the first candidate checks nothing
     adapter = ToleranceAdapter("dopri5", tol=1e-2, test_method="dopri5", test_factor=1.2)
     adapter.start(model, x)
     adapter.update(model, x, y)
@@ -76,20 +77,22 @@ def test_the_tolerance_test_is_made_more_accurate_than_training():
     assert entry["nfe_test"] > entry["nfe_train"] and entry["test_tol"] < 1e-2 / 1.2
 
 
-def test_the_tolerance_halves_grows_or_freezes_by_the_rules():
+def test_the_tolerance_halves_grows_or_freezes_by_the_rules(monkeypatch):
     data = load_task("spheres2d")
     x, y = data[0][:128], data[1][:128]
     model = _small_model()
-    halving = ToleranceAdapter(tol=1e-3, threshold=-1.0)     # every gap is too large
+    growing = ToleranceAdapter(tol=1e-3, gap_limit=100.0)      # no gap is too large
+    growing.start(model, x)
+    growing.update(model, x, y)
+    assert growing.tol == pytest.approx(1.1e-3) and growing.log[-1]["action"] == "grow"
+    # every check finds a gap too large (the verdict is tested above and below)
+    monkeypatch.setattr(adaptation, "_halve_keep_or_grow", lambda *args: "halve")
+    halving = ToleranceAdapter(tol=1e-3)
     halving.start(model, x)
     halving.update(model, x, y)
     assert halving.tol == 1e-3 / 2 and halving.log[-1]["action"] == "halve"
     assert model.solver == Solver("fehlberg2", tol=1e-3 / 2)
-    growing = ToleranceAdapter(tol=1e-3, threshold=2.0)      # no gap is too large
-    growing.start(model, x)
-    growing.update(model, x, y)
-    assert growing.tol == pytest.approx(1.1e-3) and growing.log[-1]["action"] == "grow"
-    frozen = ToleranceAdapter(tol=1e-3, threshold=-1.0, patience=5)
+    frozen = ToleranceAdapter(tol=1e-3, patience=5)
     frozen.start(model, x)
     for _ in range(5):
         frozen.observe(14)                                   # the same count 5 times

@@ -157,7 +157,7 @@ def test_spheres_shells_counts_and_seed():
     (dict(n=float("nan")), "n must be an integer >= 4"),
     (dict(n=3), "n must be an integer >= 4"),
     (dict(n=100, dim=0), "dim must be an integer >= 1"),
-    (dict(n=100, dtype=torch.int64), "floating-point dtype"),
+    (dict(n=100, dtype=torch.int64), "floating-point torch.dtype"),
 ])
 def test_bad_sphere_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -279,3 +279,11 @@ def test_download_repairs_a_damaged_copy(tmp_path, monkeypatch):
         repaired = cifar10(root, train=False, download=True)
     assert torch.equal(repaired.images, sound.images)
     assert torch.equal(repaired.labels, sound.labels)
+
+
+@pytest.mark.parametrize("make", [lambda: digits(dtype=torch.int64),
+                                  lambda: xor(dtype=torch.int32)])
+def test_integer_dtypes_are_refused_not_truncated(make):
+    """digits(dtype=int64) used to truncate the standardised features to 26 values."""
+    with pytest.raises(ValueError, match="floating-point"):
+        make()

@@ -58,11 +58,11 @@ def _linear_case(n=32, seed=2):
     return field, x, y, lambda z: torch.stack([-z[:, 0], z[:, 0]], 1)
 
 
-@pytest.mark.parametrize("threshold", [float("nan"), -1.0, "3"])
-def test_a_threshold_that_is_not_a_gap_is_refused(threshold):
+@pytest.mark.parametrize("gap_limit", [float("nan"), -1.0, "3"])
+def test_a_gap_limit_that_is_not_a_gap_is_refused(gap_limit):
     field, x, y, readout = _linear_case()
-    with pytest.raises(ValueError, match="threshold"):
-        ode_regime(field, x, y, threshold=threshold, readout=readout)
+    with pytest.raises(ValueError, match="gap_limit"):
+        ode_regime(field, x, y, gap_limit=gap_limit, readout=readout)
 
 
 def test_a_model_at_chance_is_not_called_an_ode():

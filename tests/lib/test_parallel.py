@@ -48,3 +48,55 @@ def test_workers_start_from_a_server_where_cuda_is_available(monkeypatch):
     _grad_draw(0)                                 # autograd has run in this process
     jobs = list(range(4))
     assert parallel_map(_grad_draw, jobs, processes=2) == [_grad_draw(s) for s in jobs]
+
+
+def test_a_failing_job_raises_and_leaves_no_worker():
+    with pytest.raises(ZeroDivisionError):
+        parallel_map(_reciprocal, [1, 0, 2], processes=2)
+
+
+def _reciprocal(x):
+    return 1 / x
+
+
+_INTERRUPTED = r"""
+import os, sys, time
+from pathlib import Path
+from resode_tut.parallel import parallel_map
+
+def job(i):
+    Path(sys.argv[1], f"{i}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    parallel_map(job, range(2), processes=2)
+"""
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["terminal", "kernel-interrupt"])
+def test_ctrl_c_stops_the_workers_within_seconds(tmp_path, to_group):
+    """Ctrl-C to the whole process group (a terminal) or to the parent alone (Jupyter's
+    interrupt): the map raises KeyboardInterrupt and no worker goes on computing (before:
+    the parent waited for ProcessPoolExecutor's workers, which kept training)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(_INTERRUPTED)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+    assert len(workers) == 2
+    (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    time.sleep(1)
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
