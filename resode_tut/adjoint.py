@@ -70,13 +70,15 @@ after a plain forward.
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import ExitStack, contextmanager
 
 import torch
 
-from ._arith import add_scaled, all_finite
+from ._arith import all_finite
 
-__all__ = ["discrete_adjoint", "reverse_step", "reconstruct",
+__all__ = ["discrete_adjoint", "adjoint_gradients", "reverse_step", "reconstruct",
+           "AdjointState",
            "ReconstructionError", "ReconstructionWarning"]
 
 
@@ -93,7 +95,51 @@ class ReconstructionWarning(UserWarning):
 
 
 _CHECK_EVERY = 32  # layers between finiteness checks of the reconstruction
-_AccumulateGrad = torch._C._functions.AccumulateGrad   # the graph node of a leaf
+
+
+class AdjointState:
+    """What the adjoint keeps between calls of one stack (``stack.adjoint_state``).
+
+    Attributes
+    ----------
+    last_error : float or None
+        The last backward's self-check, ``||x~_0 - x_0|| / ||x_0||``.
+    rng_seen : bool
+        The last forward drew random numbers (the next one records its random states
+        directly).
+    warned : bool
+        A :class:`ReconstructionWarning` was issued (it is issued once per stack).
+    """
+
+    def __init__(self):
+        self.last_error = None
+        self.rng_seen = False
+        self.warned = False
+        self.plan = None      # (key, per-step plan): see _plan
+        self.params = None    # (key, the stack's distinct parameters): see _stack_parameters
+
+    def report(self, error: float, tol: float, strict: bool) -> None:
+        """Store the self-check ``error`` and warn (or, with ``strict``, raise) above
+        ``tol``.
+        """
+        self.last_error = error
+        if error <= tol:
+            return
+        message = (
+            f"the adjoint's reconstruction of the input is off by {error:.3g} (relative), "
+            f"above reconstruction_tol={tol:g}: expect its gradients to differ from "
+            "backprop's by as much. The steps are too far from invertible at this depth: "
+            "use more layers (smaller h), the Heun scheme, smaller residual functions, or "
+            "adjoint=False")
+        if strict:
+            raise ReconstructionError(message)
+        if not self.warned:
+            self.warned = True
+            warnings.warn(message, ReconstructionWarning, stacklevel=3)
+
+    def __getstate__(self):
+        # caches hold ids of this process's objects: a copy rebuilds them
+        return {**self.__dict__, "plan": None, "params": None}
 
 
 @contextmanager
@@ -119,9 +165,23 @@ def _unique(tensors):
 
 def _step_functions(stack, n):
     """The residual functions that step ``n`` evaluates."""
-    if stack.scheme == "euler":
-        return [stack.functions[n]]
-    return [stack.functions[n], stack.functions[n + 1]]
+    return [stack.functions[k] for k in stack.scheme.functions_of_step(n)]
+
+
+def _evaluator(stack, n, replay):
+    """``f(k, x) -> f_k(x)`` for step ``n`` of the backward: the plain module call, after
+    setting the random state that the same evaluation had in forward (``replay``).
+    """
+    functions = stack.functions
+    if replay is None:
+        return lambda k, x: functions[k](x)
+    order = stack.scheme.functions_of_step(n)
+    first = len(order) * n        # the evaluations before step n, in forward's order
+
+    def f(k, x):
+        replay(first + order.index(k))
+        return functions[k](x)
+    return f
 
 
 def _check_finite(x, n):
@@ -151,7 +211,42 @@ def reverse_step(stack, n: int, x: torch.Tensor) -> torch.Tensor:
     """
     functions = _step_functions(stack, n)
     with _buffers_frozen(_unique(b for f in functions for b in f.buffers())):
-        return _reconstruct_step(functions, stack.h, x, None, 0)
+        return stack.scheme.reverse_step(_evaluator(stack, n, None), n, x, stack.h)
+
+
+def adjoint_gradients(stack, x_N: torch.Tensor, p_N: torch.Tensor):
+    """The discrete adjoint as chapter 3 writes it: the reference for the fast backward.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        Parameters that require grad get gradients; buffers are not restored and random
+        states not replayed (the fast backward, ``adjoint=True``, does both).
+    x_N : torch.Tensor, shape (B, ...)
+        The stack's output.
+    p_N : torch.Tensor, shape (B, ...)
+        ``dL/dx_N``.
+
+    Returns
+    -------
+    (p_0, grads)
+        ``dL/dx_0`` and one gradient per parameter of ``stack.parameters()`` that requires
+        grad.  On float64 they are bitwise the fast backward's (a test checks it).
+    """
+    params = [q for q in stack.parameters() if q.requires_grad]
+    grads = [torch.zeros_like(q) for q in params]
+    scheme, h, f = stack.scheme, stack.h, stack.evaluate
+    x, p = x_N.detach(), p_N
+    for n in reversed(range(stack.num_steps)):
+        with torch.no_grad():
+            x = scheme.reverse_step(f, n, x, h)       # x~_n, the scheme run backwards
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            x_next = scheme.step(f, n, x, h)          # the step again, with its graph
+        p, *g = torch.autograd.grad(x_next, [x, *params], p, allow_unused=True)
+        grads = [a if b is None else a + b for a, b in zip(grads, g)]   # sum over steps
+        x = x.detach()
+    return p, grads
 
 
 class _RngTape:
@@ -218,16 +313,6 @@ def _cuda_devices(tensors):
                    for t in tensors if t.device.type == "cuda"})
 
 
-@contextmanager
-def _calling(stack, hook):
-    """Call ``hook(k)`` before every evaluation of a residual function ``f_k``."""
-    old, stack._before_f = stack._before_f, hook
-    try:
-        yield
-    finally:
-        stack._before_f = old
-
-
 def _captured_error(n, tensor):
     return RuntimeError(
         f"step {n} of the adjoint stack uses a tensor of shape {tuple(tensor.shape)} that "
@@ -243,9 +328,16 @@ def _forward(stack, x, tape):
     if given): ``x_N`` and the dtype of every state ``x_0 ... x_N``.
     """
     dtypes = [x.dtype]   # a function may change the dtype: backward casts back
-    with torch.no_grad(), _calling(stack, tape.record if tape else None):
+    scheme, h, evaluate = stack.scheme, stack.h, stack.evaluate
+    if tape is not None:
+        def f(k, x):
+            tape.record(k)
+            return evaluate(k, x)
+    else:
+        f = evaluate
+    with torch.no_grad():
         for n in range(stack.num_steps):
-            x = stack.step(n, x)
+            x = scheme.step(f, n, x, h)
             dtypes.append(x.dtype)
     return x, dtypes
 
@@ -260,10 +352,10 @@ def _plan(stack, params):
     grad (``params``, the forward's): re-filtering a deep stack's steps costs about
     0.7 us a step, every backward.
     """
+    state = stack.adjoint_state
     key = (_registrations[0], id(stack), tuple(map(id, params)))
-    cached = stack.__dict__.get("_plan_cache")
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    if state.plan is not None and state.plan[0] == key:
+        return state.plan[1]
     index = {id(p): i for i, p in enumerate(params)}
     plan = []
     for n in range(stack.num_steps):
@@ -273,7 +365,7 @@ def _plan(stack, params):
         plan.append((functions, ps, [index[id(p)] for p in ps],
                      _unique(b for f in functions for b in f.buffers())))
     owns = {id(f): {id(p) for p in f.parameters()} for f in stack.functions}
-    stack.__dict__["_plan_cache"] = (key, (plan, index, owns))
+    state.plan = (key, (plan, index, owns))
     return plan, index, owns
 
 
@@ -288,7 +380,7 @@ def _leaves_checked(k, x_req, index, own, n):
         if node is None or node in seen:
             continue
         seen.add(node)
-        if type(node) is not _AccumulateGrad:
+        if not _is_leaf_node(node):
             todo.extend(f for f, _ in node.next_functions)
             continue
         leaf = node.variable
@@ -304,21 +396,22 @@ class _DiscreteAdjoint(torch.autograd.Function):
     def forward(ctx, x0, stack, params_count, *params):
         device_type = x0.device.type
         ctx.autocast = {device_type: _autocast_state(device_type), "cpu": _autocast_state("cpu")}
+        state = stack.adjoint_state
         tape = _RngTape(_cuda_devices([x0, *params])) if stack.preserve_rng_state else None
         if tape is not None:
             start = tape.snapshot()
         # record a state per evaluation only for a stack last seen drawing random numbers
-        x, dtypes = _forward(stack, x0, tape if stack._rng_seen else None)
+        x, dtypes = _forward(stack, x0, tape if state.rng_seen else None)
         if tape is not None:
-            if stack._rng_seen and not tape.random:
-                stack._rng_seen, tape.states = False, []
-            elif not stack._rng_seen and not tape.unchanged_since(start):
+            if state.rng_seen and not tape.random:
+                state.rng_seen, tape.states = False, []
+            elif not state.rng_seen and not tape.unchanged_since(start):
                 # random after all: run the forward again from the same state, recording
                 end = tape.snapshot()
                 tape.set(start)
                 _forward(stack, x0, tape)
                 tape.set(end)
-                stack._rng_seen = True
+                state.rng_seen = True
         ctx.stack, ctx.params, ctx.tape, ctx.dtypes = stack, params, tape, dtypes
         ctx.save_for_backward(x0, x, *(tape.tensors() if tape else ()))
         return x
@@ -336,8 +429,8 @@ class _DiscreteAdjoint(torch.autograd.Function):
         borrowed = {}   # id(function) -> stack parameters it reaches but does not own
         # a stack that drew no random numbers in forward has nothing to replay
         replay = tape.restore if tape is not None and tape.random else None
-        per_step = 1 if stack.scheme == "euler" else 2
-        h = stack.h
+        scheme, h = stack.scheme, stack.h
+        shares_first = scheme.reverse_shares_first_evaluation and replay is None
         grads = [None] * len(ctx.params)
         known = None   # Heun: (f_{n+1}(x~_{n+1}), x~_{n+1}) from the previous step
         p = grad_out
@@ -350,16 +443,16 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 dtype = dtypes[n]   # the dtype the step's input had in forward
                 saved = [b.clone() for b in buffers] if buffers else None
                 x_in = x if x.dtype == dtype else x.to(dtype)
+                f = _evaluator(stack, n, replay)
                 try:
-                    x = _reconstruct_step(functions, h, x_in, replay, per_step * n,
-                                          known[0] if known and known[1] is x_in else None)
+                    x = scheme.reverse_step(f, n, x_in, h,
+                                            known[0] if known and known[1] is x_in else None)
                     x = x if x.dtype == dtype else x.to(dtype)
                     if n % _CHECK_EVERY == 0 and n:   # x~_0: the self-check below
                         _check_finite(x, n)
                     with torch.enable_grad():
                         x_req = x.requires_grad_(True)   # x is the loop's own tensor
-                        out, scale, add_p, ks = _residual(functions, h, x_req, replay,
-                                                          per_step * n)
+                        out, scale, add_p, ks = _vjp_target(scheme, f, n, h, x_req)
                         # each function's graph is checked once a backward (its first
                         # evaluation there): captured tensors refused, borrowed weights found
                         extra = []
@@ -380,7 +473,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 # (f_{n+1}(x~_{n+1}) there): kept, it saves one of the six evaluations a
                 # step costs (not when random states are replayed: in forward the two
                 # evaluations drew different numbers)
-                known = (ks[0].detach(), x) if len(ks) == 2 and replay is None else None
+                known = (ks[0].detach(), x) if shares_first else None
                 g_x = vjp[0]   # None where f_n ignores x (Euler only): then p_n = p_{n+1}
                 if g_x is not None:
                     p = (p if p.dtype == g_x.dtype else p.to(g_x.dtype)) + g_x if add_p else g_x
@@ -390,7 +483,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         error = _relative_distance(x, x0)
         if not math.isfinite(error):
             _check_finite(x, 0)
-        stack._report_reconstruction(error)
+        stack.adjoint_state.report(error, stack.reconstruction_tol, stack.strict)
         return (p, None, None, *grads)
 
 
@@ -410,48 +503,21 @@ def _vjp(out, grad, inputs):
     return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
 
-def _reconstruct_step(functions, h, x, replay, first, k1=None):
-    """The scheme run backwards over one step, ``x~_{n+1} -> x~_n``, given the step's
-    residual functions (``[f_n]`` for Euler, ``[f_n, f_{n+1}]`` for Heun).
-
-    ``replay``, when given, sets the random state that evaluation ``first`` (``f_n``)
-    and ``first + 1`` (``f_{n+1}``) had in forward.  Heun: ``k1``, when given, is
-    ``f_{n+1}(x~_{n+1})``, which the backward already has (the previous step's
-    re-evaluation computed it, at the same point).  :func:`reverse_step` is this
-    with the buffers restored afterwards.
-    """
-    if len(functions) == 1:     # Euler: x~_n = x~_{n+1} - h f_n(x~_{n+1})
-        if replay:
-            replay(first)
-        return add_scaled(x, -h, functions[0](x))
-    if k1 is None:
-        if replay:
-            replay(first + 1)
-        k1 = functions[1](x)
-    if replay:
-        replay(first)
-    k2 = functions[0](add_scaled(x, -h, k1).to(x.dtype))   # f_n saw x_n's dtype
-    return add_scaled(x, -h / 2, torch.add(k1, k2))
-
-
-def _residual(functions, h, x, replay, first):
+def _vjp_target(scheme, f, n, h, x):
     """What the VJP is taken of, at ``x``; its factor; whether ``p`` must then be
     added; and each function's output (whose graphs are checked).
 
-    Euler: the residual part ``f_n(x)`` alone (step ``x + h f_n(x)``: the VJP is
-    ``p + h J^T p``, one product and one sum fewer than through the whole step).
-    Heun: the whole step, so that the three contributions to ``p_n`` are summed
-    in autograd's order and the gradients stay bitwise those of the recursion.
+    A scheme whose step is ``x + h f_n(x)`` (:attr:`~resode_tut.schemes.Scheme.additive`,
+    Euler): the residual part ``f_n(x)`` alone, the VJP being ``p + h J^T p`` (one
+    product and one sum fewer than through the whole step).  Any other scheme (Heun):
+    the whole step, so that the contributions to ``p_n`` are summed in autograd's order
+    and the gradients stay bitwise those of the recursion.
     """
-    if replay:
-        replay(first)
-    k1 = functions[0](x)
-    if len(functions) == 1:
+    if scheme.additive:
+        k1 = f(n, x)
         return k1, h, True, (k1,)
-    if replay:
-        replay(first + 1)
-    k2 = functions[1](add_scaled(x, h, k1))
-    return add_scaled(x, h / 2, torch.add(k1, k2)), 1.0, False, (k1, k2)
+    out, ks = scheme.step_with_evaluations(f, n, x, h)
+    return out, 1.0, False, ks
 
 
 def _autocast_state(device_type):
@@ -498,8 +564,12 @@ def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
         discrete adjoint and stores nothing but ``x_0``, ``x_N`` (and, when
         replaying, a random state per evaluation that drew random numbers).
     """
+    _watch_registrations()
+    if not stack.scheme.single_tensor:
+        raise NotImplementedError(f"the discrete adjoint steps one tensor; scheme "
+                                  f"{stack.scheme.name!r} has a state of several")
     params = _stack_parameters(stack)
-    if _apply_c is None or torch._C._are_functorch_transforms_active():
+    if (_apply_c is None or _functorch_active is None or _functorch_active()):
         return _DiscreteAdjoint.apply(x, stack, len(params), *params)
     return _apply_c(_unwrap_if_dead(x), stack, len(params), *params)
 
@@ -512,33 +582,54 @@ def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
 try:
     _apply_c = super(torch.autograd.Function, _DiscreteAdjoint).apply
     _unwrap_if_dead = torch._C._functorch.unwrap_if_dead
-except AttributeError:  # pragma: no cover - other torch versions
+except AttributeError:  # other torch versions (tests force this fallback)
     _apply_c = None
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+# A leaf's node in the autograd graph: torch's class where it is exposed, else its name.
+_AccumulateGrad = getattr(getattr(torch._C, "_functions", None), "AccumulateGrad", None)
+
+
+def _is_leaf_node(node) -> bool:
+    if _AccumulateGrad is not None:
+        return type(node) is _AccumulateGrad
+    return type(node).__name__ == "AccumulateGrad"
 
 
 # Listing a deep stack's parameters costs about 2 us a layer; the list is kept per stack
-# until any module anywhere registers a parameter or a submodule (torch's global hooks),
+# (in its AdjointState) until any module anywhere registers a parameter or a submodule,
 # and keyed by the stack's id too: a deep copy or an unpickled stack rebuilds its own
-# (the plan's per-function sets hold ids of the original's parameters).
+# (the plan's per-function sets hold ids of the original's parameters).  Seeing every
+# registration takes torch's global registration hooks -- nothing else tells that a
+# module deep inside a residual function gained a parameter -- so they are installed at
+# the first adjoint forward, not at import: a program that never uses the adjoint runs
+# without them.  Without the cache, listing the parameters and building the plan anew
+# every call costs what _stack_parameters and _plan measure (see the module's tests).
 _registrations = [0]
+_watching = []
 
 
 def _count_registration(*args):
     _registrations[0] += 1
 
 
-torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
-torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
+def _watch_registrations() -> None:
+    if not _watching:
+        _watching.append(
+            torch.nn.modules.module.register_module_parameter_registration_hook(
+                _count_registration))
+        _watching.append(
+            torch.nn.modules.module.register_module_module_registration_hook(
+                _count_registration))
 
 
 def _stack_parameters(stack):
     """The distinct parameters of the stack's functions that require grad."""
-    cached = stack.__dict__.get("_params_cache")
-    if cached is None or cached[0] != (_registrations[0], id(stack)):
-        cached = ((_registrations[0], id(stack)),
-                  _unique(p for f in stack.functions for p in f.parameters()))
-        stack.__dict__["_params_cache"] = cached
-    return [p for p in cached[1] if p.requires_grad]
+    state = stack.adjoint_state
+    if state.params is None or state.params[0] != (_registrations[0], id(stack)):
+        state.params = ((_registrations[0], id(stack)),
+                        _unique(p for f in stack.functions for p in f.parameters()))
+    return [p for p in state.params[1] if p.requires_grad]
 
 
 def reconstruct(stack, x_N: torch.Tensor) -> torch.Tensor:

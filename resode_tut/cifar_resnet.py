@@ -132,8 +132,8 @@ def untie(model: CifarResNet, depth: int, adjoint: bool | None = None) -> CifarR
         raise ValueError(f"depth must be >= 1, got {depth}")
     old = model.stage
     new = copy.deepcopy(model)
-    times = torch.arange(depth, dtype=torch.float64) / (depth if old.scheme == "euler"
-                                                        else max(depth - 1, 1))
+    old.scheme.check_depth(depth)
+    times = old.scheme.function_times(depth)
     source = [min(int(t * old.num_steps + 1e-9), old.depth - 1) for t in times.tolist()]
     functions = [copy.deepcopy(old.functions[k]) for k in source]
     new.stage = ResidualStack(functions, scheme=old.scheme,

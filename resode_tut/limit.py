@@ -84,13 +84,12 @@ class InterpolatedField(nn.Module):
         params, buffers = stack_module_state(functions)
         self.theta = {k: v.detach() for k, v in {**params, **buffers}.items()}
         self.knots = stack.function_times.to(next(iter(self.theta.values())).device)
+        self.h = stack.h
         self._base = copy.deepcopy(first)
 
     def theta_at(self, t: torch.Tensor | float) -> dict[str, torch.Tensor]:
         """``theta(t)``: linear between knots, constant after the last one."""
-        M = len(self.knots)
-        h = float(self.knots[1] - self.knots[0]) if M > 1 else 1.0
-        n, w = knot_position(float(t), h, M)
+        n, w = knot_position(float(t), self.h, len(self.knots))
         if w == 0.0:
             return {k: v[n] for k, v in self.theta.items()}
         return {k: v[n] + w * (v[n + 1] - v[n]) if v.is_floating_point() else v[n]

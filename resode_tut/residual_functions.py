@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import vector_to_parameters
 
+from .schemes import get_scheme
 from .stack import ResidualStack
 from .weights import weight_path
 
@@ -92,7 +93,7 @@ def tanh_stack(depth: int, weights: str = "smooth", seed: int = 0, dim: int = 2,
         Standard deviation of each weight around its mean, in units of its scale.
     num_modes : int
         Fourier modes of a smooth path.
-    scheme : {"euler", "heun"}
+    scheme : {"euler", "heun"} or Scheme
     dtype : torch.dtype
 
     Returns
@@ -105,8 +106,9 @@ def tanh_stack(depth: int, weights: str = "smooth", seed: int = 0, dim: int = 2,
     W_bar, b_bar, sigma_W, sigma_b = tanh_mean_weights(seed, dim, rel_noise)
     theta_bar = torch.cat([W_bar.flatten(), b_bar])  # parameter order of TanhLayer
     sigma = torch.cat([sigma_W.flatten(), sigma_b])
-    n_steps = depth if scheme == "euler" else depth - 1
-    times = torch.arange(depth, dtype=torch.float64) / max(n_steps, 1)
+    scheme = get_scheme(scheme)
+    scheme.check_depth(depth)
+    times = scheme.function_times(depth)
     theta = weight_path(weights, times, theta_bar, sigma,
                         seed=seed + 1_000_003, num_modes=num_modes).to(dtype)
     functions = []

@@ -1,26 +1,30 @@
 """A residual network read as a one-step ODE scheme on the time interval [0, 1].
 
 The module holds :class:`ResidualStack`, the object every chapter builds on: a
-sequence of residual functions ``f_0, ..., f_{M-1}`` applied with the Euler or
-the Heun scheme.  Depth and step size are tied (``h = 1/M`` or ``1/(M-1)``) so
-that a deeper stack is a finer discretisation of the same time interval, which
-is the scaling of Sander et al. (2022).
+sequence of residual functions ``f_0, ..., f_{M-1}`` applied with a one-step scheme
+(:mod:`resode_tut.schemes`: Euler or Heun).  Depth and step size are tied (``h = 1/M``
+or ``1/(M-1)``) so that a deeper stack is a finer discretisation of the same time
+interval, which is the scaling of Sander et al. (2022).
 """
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ._arith import add_scaled, all_finite
-from .adjoint import ReconstructionError, ReconstructionWarning, discrete_adjoint
+from ._arith import all_finite
+from .adjoint import AdjointState, discrete_adjoint
+from .schemes import SCHEMES, Scheme, get_scheme
 
 __all__ = ["ResidualStack", "SCHEMES"]
 
-SCHEMES = ("euler", "heun")
+# Whether a tensor is a functorch wrapper (vmap, grad): a private torch query, absent in
+# some versions; without it the data-dependent input check is tried, and skipped where a
+# transform refuses it (tests force this fallback).
+_is_functorch_wrapped = getattr(getattr(torch._C, "_functorch", None),
+                                "is_functorch_wrapped_tensor", None)
 
 
 class ResidualStack(nn.Module):
@@ -35,7 +39,8 @@ class ResidualStack(nn.Module):
         those layers.  ``f_n`` is the residual function at time
         ``t_n = n h`` (see ``scheme``): it samples a weight path
         ``theta(t)`` at ``t_n``.
-    scheme : {"euler", "heun"}
+    scheme : {"euler", "heun"} or Scheme
+        A name or a :class:`~resode_tut.schemes.Scheme`.
         ``"euler"``: ``M`` steps of size ``h = 1/M``,
         ``x_{n+1} = x_n + h f_n(x_n)``.
         ``"heun"``: ``M - 1`` steps of size ``h = 1/(M - 1)``; step ``n`` uses
@@ -76,7 +81,8 @@ class ResidualStack(nn.Module):
     ----------
     functions : torch.nn.ModuleList
         The residual functions, in order (repeated modules kept repeated).
-    scheme : str
+    scheme : Scheme
+        The scheme (it compares equal to its name: ``stack.scheme == "heun"``).
     h : float
         The step size.
     num_steps : int
@@ -86,6 +92,9 @@ class ResidualStack(nn.Module):
     last_reconstruction_error : float or None
         After an adjoint backward: ``||x~_0 - x_0|| / ||x_0||``, how far the
         reconstruction ended from the input (None before the first one).
+    adjoint_state : resode_tut.adjoint.AdjointState
+        What the adjoint keeps between calls (caches, the random-state flag, the
+        self-check's last result).
 
     Raises
     ------
@@ -109,12 +118,11 @@ class ResidualStack(nn.Module):
     (0.125, 8)
     """
 
-    def __init__(self, functions: Sequence[nn.Module], scheme: str = "euler",
+    def __init__(self, functions: Sequence[nn.Module], scheme: str | Scheme = "euler",
                  adjoint: bool = False, *, preserve_rng_state: bool = True,
                  reconstruction_tol: float = 0.1, strict: bool = False):
         super().__init__()
-        if scheme not in SCHEMES:
-            raise ValueError(f"unknown scheme {scheme!r}: choose one of {SCHEMES}")
+        scheme = get_scheme(scheme)
         if isinstance(functions, nn.Module) and not isinstance(functions, nn.ModuleList):
             raise ValueError(
                 "functions must be a sequence of modules, got a single "
@@ -130,11 +138,7 @@ class ResidualStack(nn.Module):
                 raise ValueError(
                     f"functions[{n}] is a {type(f).__name__}, not a torch.nn.Module: "
                     "wrap plain callables in a module")
-        min_len = 1 if scheme == "euler" else 2
-        if len(functions) < min_len:
-            raise ValueError(
-                f"scheme {scheme!r} needs at least {min_len} residual function(s), "
-                f"got {len(functions)}")
+        scheme.check_depth(len(functions))
         for name, value in (("preserve_rng_state", preserve_rng_state), ("strict", strict)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -151,10 +155,12 @@ class ResidualStack(nn.Module):
         self.preserve_rng_state = preserve_rng_state
         self.reconstruction_tol = tol
         self.strict = strict
-        self.last_reconstruction_error = None
-        self._warned = False
-        self._before_f = None   # set by the adjoint to record or replay random states
-        self._rng_seen = False  # the adjoint's last forward drew random numbers
+        self.adjoint_state = AdjointState()
+
+    @property
+    def last_reconstruction_error(self) -> float | None:
+        """The adjoint's last self-check, ``||x~_0 - x_0|| / ||x_0||`` (None before)."""
+        return self.adjoint_state.last_error
 
     @property
     def adjoint(self) -> bool:
@@ -176,28 +182,34 @@ class ResidualStack(nn.Module):
     @property
     def num_steps(self) -> int:
         """Steps of the scheme: ``M`` for Euler, ``M - 1`` for Heun."""
-        return self.depth if self.scheme == "euler" else self.depth - 1
+        return self.scheme.num_steps(self.depth)
 
     @property
     def h(self) -> float:
         """The step size ``1 / num_steps``."""
-        return 1.0 / self.num_steps
+        return self.scheme.step_size(self.depth)
 
     @property
     def times(self) -> torch.Tensor:
         """Times ``n h`` of the states ``x_0, ..., x_{num_steps}``, shape (num_steps + 1,)."""
-        return torch.arange(self.num_steps + 1, dtype=torch.float64) / self.num_steps
+        return self.scheme.times(self.depth)
 
     @property
     def function_times(self) -> torch.Tensor:
         """Times ``t_n = n h`` at which ``f_n`` samples ``theta(t)``, shape (M,)."""
-        return torch.arange(self.depth, dtype=torch.float64) / self.num_steps
+        return self.scheme.function_times(self.depth)
 
     # -- the scheme ----------------------------------------------------------
-    def _f(self, n: int, x: torch.Tensor) -> torch.Tensor:
-        if self._before_f is not None:
-            self._before_f(n)
-        version = None if x.is_inference() else x._version
+    def evaluate(self, n: int, x: torch.Tensor) -> torch.Tensor:
+        """``f_n(x)``, checked: same shape as ``x``, ``x`` not modified in place.
+
+        Parameters
+        ----------
+        n : int
+            The residual function, ``0 <= n < depth``.
+        x : torch.Tensor, shape (B, ...)
+        """
+        version = None if x.is_inference() else getattr(x, "_version", None)
         out = self.functions[n](x)
         if version is not None and x._version != version:
             raise ValueError(
@@ -227,20 +239,21 @@ class ResidualStack(nn.Module):
         torch.Tensor, shape (B, ...)
             ``x_{n+1}``.
         """
-        h = self.h
-        k1 = self._f(n, x)
-        if self.scheme == "euler":
-            return add_scaled(x, h, k1)
-        k2 = self._f(n + 1, add_scaled(x, h, k1))
-        return add_scaled(x, h / 2, torch.add(k1, k2))
+        return self.scheme.step(self.evaluate, n, x, self.h)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if torch._C._functorch.is_functorch_wrapped_tensor(x) or torch.compiler.is_compiling():
+        if (_is_functorch_wrapped(x) if _is_functorch_wrapped else False) or \
+                torch.compiler.is_compiling():
             return  # under vmap/grad/compile a data-dependent check cannot run
-        with torch.no_grad():  # a check, not part of the graph: nothing saved for backward
-            finite = all_finite(x)
+        try:
+            with torch.no_grad():  # a check, not part of the graph: nothing saved for backward
+                finite = all_finite(x)
+        except RuntimeError:
+            if _is_functorch_wrapped:
+                raise
+            return  # no functorch query in this torch: a transform refused the check
         if not finite:
             raise ValueError("input contains NaN or infinite values: clean or rescale the data")
 
@@ -260,9 +273,10 @@ class ResidualStack(nn.Module):
         self._check_input(x)
         if self.adjoint and torch.is_grad_enabled():
             return discrete_adjoint(self, x)
+        state = self.scheme.initial_state(x)
         for n in range(self.num_steps):
-            x = self.step(n, x)
-        return x
+            state = self.step(n, state)
+        return self.scheme.output(state)
 
     def trajectory(self, x: torch.Tensor) -> torch.Tensor:
         """All hidden states ``x_0, ..., x_{num_steps}`` (by backpropagation, whatever
@@ -283,24 +297,7 @@ class ResidualStack(nn.Module):
             states.append(self.step(n, states[-1]))
         return torch.stack(states)
 
-    def _report_reconstruction(self, error: float) -> None:
-        """Store the adjoint's self-check and warn (or raise) above the tolerance."""
-        self.last_reconstruction_error = error
-        if error <= self.reconstruction_tol:
-            return
-        message = (
-            f"the adjoint's reconstruction of the input is off by {error:.3g} (relative), "
-            f"above reconstruction_tol={self.reconstruction_tol:g}: expect its gradients to "
-            "differ from backprop's by as much. The steps are too far from invertible at "
-            "this depth: use more layers (smaller h), the Heun scheme, smaller residual "
-            "functions, or adjoint=False")
-        if self.strict:
-            raise ReconstructionError(message)
-        if not self._warned:
-            self._warned = True
-            warnings.warn(message, ReconstructionWarning, stacklevel=2)
-
     def extra_repr(self) -> str:
         """Scheme, depth, step and adjoint flag, for ``print(stack)``."""
-        return (f"scheme={self.scheme!r}, depth={self.depth}, h={self.h:.4g}, "
+        return (f"scheme={self.scheme.name!r}, depth={self.depth}, h={self.h:.4g}, "
                 f"adjoint={self.adjoint}")

@@ -112,10 +112,12 @@ def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Te
     if method == "odeint_adjoint":
         params = tuple(p for p in stack.parameters() if p.requires_grad)
         t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
-        field, solver = ((_PiecewiseField(stack), "euler") if stack.scheme == "euler"
-                         else (_StackField(stack), "heun2"))
-        return odeint_adjoint(field, x, t, method=solver, options={"step_size": stack.h},
-                              adjoint_params=params)[-1]
+        # the same scheme in torchdiffeq; a scheme that samples the weights at both ends
+        # of a step (Heun) needs theta(t) between the layer times, Euler its layer's own
+        field = (_StackField(stack) if stack.scheme.samples_step_ends
+                 else _PiecewiseField(stack))
+        return odeint_adjoint(field, x, t, method=stack.scheme.torchdiffeq_method,
+                              options={"step_size": stack.h}, adjoint_params=params)[-1]
     return discrete_adjoint(stack, x)
 
 

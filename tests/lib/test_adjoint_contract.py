@@ -128,7 +128,7 @@ def test_replay_follows_the_stack_from_random_to_deterministic_and_back(scheme):
         for a, b in zip(g_a, g_p):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         assert all(map(torch.equal, rng_a, rng_p))
-        assert adjoint._rng_seen == (mode == "train")
+        assert adjoint.adjoint_state.rng_seen == (mode == "train")
 
 
 # -- 2. captured tensors ----------------------------------------------------------------
