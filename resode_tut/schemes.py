@@ -39,8 +39,8 @@ class Scheme:
     """A one-step scheme on [0, 1] driven by ``M`` residual functions.
 
     Subclasses set :attr:`name`, :attr:`min_functions`, :attr:`torchdiffeq_method`
-    and implement :meth:`num_steps`, :meth:`functions_of_step`,
-    :meth:`step_with_evaluations` and :meth:`reverse_step`.
+    and implement :meth:`num_steps`, :meth:`functions_of_step`, :meth:`step` and
+    :meth:`reverse_step`.
 
     Attributes
     ----------
@@ -107,12 +107,6 @@ class Scheme:
         return state
 
     # -- the step and its reverse ------------------------------------------------
-    def step_with_evaluations(self, f: Evaluate, n: int, x, h: float):
-        """Step ``n`` and the residual-function outputs it computed, in order:
-        ``(x_{n+1}, (f_k(.), ...))``.
-        """
-        raise NotImplementedError
-
     def step(self, f: Evaluate, n: int, x, h: float):
         """One step, ``x_n -> x_{n+1}``.
 
@@ -127,7 +121,18 @@ class Scheme:
         h : float
             The step size.
         """
-        return self.step_with_evaluations(f, n, x, h)[0]
+        raise NotImplementedError
+
+    def step_with_evaluations(self, f: Evaluate, n: int, x, h: float):
+        """Step ``n`` and the residual-function outputs it computed, in order:
+        ``(x_{n+1}, (f_k(.), ...))``.
+        """
+        outputs = []
+
+        def recorded(k, x):
+            outputs.append(f(k, x))
+            return outputs[-1]
+        return self.step(recorded, n, x, h), tuple(outputs)
 
     def reverse_step(self, f: Evaluate, n: int, x, h: float, first=None):
         """The scheme run backwards in time over step ``n``: ``x~_{n+1} -> x~_n``.
@@ -180,10 +185,9 @@ class Euler(Scheme):
         """``(n,)``."""
         return (n,)
 
-    def step_with_evaluations(self, f, n, x, h):
-        """``x_n + h f_n(x_n)`` and ``(f_n(x_n),)``."""
-        k1 = f(n, x)
-        return add_scaled(x, h, k1), (k1,)
+    def step(self, f, n, x, h):
+        """``x_{n+1} = x_n + h f_n(x_n)``."""
+        return add_scaled(x, h, f(n, x))
 
     def reverse_step(self, f, n, x, h, first=None):
         """``x~_{n+1} - h f_n(x~_{n+1})``."""
@@ -211,11 +215,11 @@ class Heun(Scheme):
         """``(n, n + 1)``."""
         return (n, n + 1)
 
-    def step_with_evaluations(self, f, n, x, h):
-        """The Heun step and ``(f_n(x_n), f_{n+1}(x_n + h f_n(x_n)))``."""
+    def step(self, f, n, x, h):
+        """``x_{n+1} = x_n + h/2 [f_n(x_n) + f_{n+1}(x_n + h f_n(x_n))]``."""
         k1 = f(n, x)
         k2 = f(n + 1, add_scaled(x, h, k1))
-        return add_scaled(x, h / 2, torch.add(k1, k2)), (k1, k2)
+        return add_scaled(x, h / 2, torch.add(k1, k2))
 
     def reverse_step(self, f, n, x, h, first=None):
         """``x~_{n+1} - h/2 [f_{n+1}(x~_{n+1}) + f_n(x~_{n+1} - h f_{n+1}(x~_{n+1}))]``;

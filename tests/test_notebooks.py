@@ -158,16 +158,16 @@ def test_costs_file_is_measured_and_names_its_machine():
 
 
 def test_chapter_1_lists_the_whole_step_without_its_docstring():
-    """The listing selects lines of ResidualStack.step: a changed docstring must not cut
-    the body or leave half a docstring."""
+    """The listing selects lines of Euler.step: a changed docstring must not cut the body
+    or leave half a docstring."""
     nb = nbformat.read(ROOT / "book/01_resnets_are_euler_steps.ipynb", as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    listing = text.split("`ResidualStack.step` from `resode_tut/stack.py`:\n\n```python\n")[1]
+    listing = text.split("`Euler.step` from `resode_tut/schemes.py`:\n\n```python\n")[1]
     listing = listing.split("\n```")[0]
     import inspect
 
-    from resode_tut import ResidualStack
-    source = inspect.getsource(ResidualStack.step)
+    from resode_tut.schemes import Euler
+    source = inspect.getsource(Euler.step)
     body = source.split('"""')[2].strip("\n")
     import textwrap
     assert listing == textwrap.dedent(source.split("\n")[0] + "\n" + body)

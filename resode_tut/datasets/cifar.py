@@ -111,13 +111,32 @@ def _numpy_globals() -> dict:
         from numpy._core import multiarray, numeric
     except ImportError:   # NumPy 1
         from numpy.core import multiarray, numeric
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    def reconstruct(cls, *args):
+        # the one use of numpy.ndarray a batch makes: the class of an array to unpickle
+        if cls is not _ARRAY_CLASS:
+            raise UnsafeFileError(f"it asks to reconstruct an array of class {cls!r}")
+        return multiarray._reconstruct(np.ndarray, *args)
+
+    allowed = {("numpy", "ndarray"): _ARRAY_CLASS, ("numpy", "dtype"): np.dtype,
                ("_codecs", "encode"): _codecs.encode}
     for package in ("numpy.core", "numpy._core"):   # names in files from NumPy 1 and 2
-        allowed[package + ".multiarray", "_reconstruct"] = multiarray._reconstruct
+        allowed[package + ".multiarray", "_reconstruct"] = reconstruct
         if hasattr(numeric, "_frombuffer"):
             allowed[package + ".numeric", "_frombuffer"] = numeric._frombuffer
     return allowed
+
+
+class _ArrayClass:
+    """Stands for ``numpy.ndarray`` in a batch being unpickled: passed to the array
+    reconstructor, never called (``ndarray(shape, buffer=..., strides=(0, 1))`` would
+    declare a huge array over a few bytes).
+    """
+
+    def __call__(self, *args, **kwargs):
+        raise UnsafeFileError("it calls numpy.ndarray(...) to build an array over a buffer")
+
+
+_ARRAY_CLASS = _ArrayClass()
 
 
 class UnsafeFileError(ValueError):
@@ -168,6 +187,15 @@ def _load_batch(path: Path):
         shape = data.shape if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{path}: b'data' must be an array of shape (n, 3072), got {shape}; "
                          f"{fix}")
+    if len(data) == 0:
+        raise ValueError(f"{path}: the batch holds no images; {fix}")
+    size = path.stat().st_size
+    if not data.flags.c_contiguous or data.nbytes > size:
+        # checked before any copy: a declared array the file cannot hold is refused, not
+        # allocated (a view with zero strides can declare gigabytes over a few bytes)
+        raise ValueError(f"{path}: b'data' declares {len(data):,} images ({data.nbytes:,} "
+                         f"bytes of pixels, strides {data.strides}) that a file of {size:,} "
+                         f"bytes cannot hold; {fix}")
     if data.dtype != np.uint8:
         if not np.issubdtype(data.dtype, np.integer):
             raise ValueError(f"{path}: pixels must be integers 0..255, got dtype {data.dtype}; "
@@ -185,7 +213,13 @@ def _load_batch(path: Path):
         raise ValueError(f"{path}: labels outside 0..9 (min {min(labels)}, max {max(labels)}); "
                          f"{fix}")
     names = batch.get(b"filenames", [])
-    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels, names
+    if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names) or \
+            len(names) not in (0, len(data)):
+        found = (f"{len(names)} names for {len(data)} images" if isinstance(names, list)
+                 else type(names).__name__)
+        raise ValueError(f"{path}: b'filenames' must be a list of bytes, one per image; "
+                         f"found {found}; {fix}")
+    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels, names
 
 
 def _missing_message(folder: Path, names) -> str:

@@ -16,13 +16,18 @@ batch) the relative error of the gradient against backpropagation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import time
 
 import numpy as np
 import torch
 
+from .. import adjoint as _adjoint_module
+from ..adjoint import adjoint_gradients
 from ..progress import progress
 from ..residual_functions import tanh_stack
+from ..schemes import Euler, Heun
 from .classifier import ResidualClassifier, train_classifier
 from .cli import positive_int, torch_device
 from .gradient_methods import (
@@ -39,11 +44,114 @@ from .gradient_methods import (
 )
 from .plots import depth_axis, use_style
 
-__all__ = ["use_style",
+__all__ = ["use_style", "FAST_PATH", "fast_path_ablation",
            "adjoint_benchmark", "format_table", "main", "METHODS", "gradients", "floor_step",
            "interleaved_times", "paired_ratio", "layer_errors",
            "relative_error", "saved_bytes", "cuda_peak_mib", "adjoint_error_sweep",
            "ResidualClassifier", "train_classifier", "depth_axis"]
+
+
+@contextlib.contextmanager
+def _setting(owner, name, value):
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+class _NoCache:
+    """Drops the adjoint's plan and parameter caches before every call."""
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def __enter__(self):
+        state = self.stack.adjoint_state
+        state.plan = state.params = state.watched = None
+
+    def __exit__(self, *exc):
+        return False
+
+
+#: What the fast backward adds to the reference loop (:func:`resode_tut.adjoint.
+#: adjoint_gradients`) for speed, each undone in turn by :func:`fast_path_ablation`:
+#: ``{name: (the scheme it concerns or None, context manager undoing it)}``.
+FAST_PATH = {
+    "Heun: the reversal reuses one evaluation": ("heun", lambda stack: _setting(
+        Heun, "reverse_shares_first_evaluation", False)),
+    "Euler: the VJP of f_n alone, not of the step": ("euler", lambda stack: _setting(
+        Euler, "additive", False)),
+    "the per-step plan and parameter list kept": (None, _NoCache),
+    "the engine's VJP entry, not autograd.grad": (None, lambda stack: _setting(
+        _adjoint_module, "_run_backward", None)),
+    "Function.apply's C entry, not its wrapper": (None, lambda stack: _setting(
+        _adjoint_module, "_apply_c", None)),
+}
+
+
+def fast_path_ablation(scheme: str = "euler", depth: int = 64, dim: int = 64,
+                       batch: int = 64, repeats: int = 9, seed: int = 0) -> dict:
+    """Time of the fast backward with each of its additions undone, and of the
+    reference loop, relative to the fast backward (forward + backward, interleaved
+    rounds, median of per-round ratios).
+
+    Parameters
+    ----------
+    scheme : {"euler", "heun"}
+    depth : int
+        Layers of the tanh stack (float32, smooth weights).
+    dim : int
+        Its width.
+    batch : int
+        Inputs per pass.
+    repeats : int
+        Rounds after one warm-up round.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``{name: median time ratio to the fast backward}`` for the additions that
+        concern ``scheme``, and the reference loop under ``"reference loop
+        (adjoint_gradients)"``.
+    """
+    stack = tanh_stack(depth, "smooth", seed=seed, dim=dim, scheme=scheme,
+                       dtype=torch.float32)
+    stack.adjoint = True
+    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed))
+
+    def fast():
+        out = stack(x.requires_grad_(True))
+        out.backward(torch.ones_like(out))
+
+    def reference():
+        with torch.no_grad():
+            out = stack(x)
+        adjoint_gradients(stack, out, torch.ones_like(out))
+
+    runs = {"fast": fast, "reference loop (adjoint_gradients)": reference}
+    for name, (concerns, undo) in FAST_PATH.items():
+        if concerns not in (None, scheme):
+            continue
+
+        def run(undo=undo):
+            with undo(stack):
+                fast()
+        runs[name] = run
+    names = list(runs)
+    times = {n: [] for n in names}
+    for r in range(repeats + 1):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            runs[n]()
+            if r:
+                times[n].append(time.perf_counter() - t0)
+            stack.zero_grad(set_to_none=True)
+    return {n: float(np.median(np.array(times[n]) / np.array(times["fast"])))
+            for n in names if n != "fast"}
 
 
 def adjoint_benchmark(depths=(16, 64, 256, 1024), dim: int = 256, batch: int = 256,

@@ -230,6 +230,9 @@ def _write(folder, name, obj=None, raw=None):
     ("float pixels", "pixels must be integers"),
     ("float labels", r"list of int, got \['float'\]"),
     ("count mismatch", "4 images but 3 labels"),
+    ("no images", "holds no images"),
+    ("filenames not a list", r"b'filenames' must be a list of bytes, one per image; found int"),
+    ("filenames too few", r"found 2 names for 4 images"),
 ])
 def test_damaged_files_are_value_errors_naming_the_file_and_the_fault(tmp_path, case, message):
     folder = write_batches(tmp_path, 4)
@@ -257,6 +260,13 @@ def test_damaged_files_are_value_errors_naming_the_file_and_the_fault(tmp_path, 
         _write(folder, "test_batch", {b"data": data, b"labels": [0.0, 1.0, 2.0, 3.0]})
     elif case == "count mismatch":
         _write(folder, "test_batch", {b"data": data, b"labels": [0, 1, 2]})
+    elif case == "no images":
+        _write(folder, "test_batch", {b"data": data[:0], b"labels": []})
+    elif case == "filenames not a list":
+        _write(folder, "test_batch", {b"data": data, b"labels": labels, b"filenames": 5})
+    elif case == "filenames too few":
+        _write(folder, "test_batch", {b"data": data, b"labels": labels,
+                                      b"filenames": [b"a.png", b"b.png"]})
     with pytest.raises(ValueError, match=message) as err:
         cifar10(tmp_path, train=False)
     assert str(folder / "test_batch") in str(err.value)
@@ -287,3 +297,40 @@ def test_integer_dtypes_are_refused_not_truncated(make):
     """digits(dtype=int64) used to truncate the standardised features to 26 values."""
     with pytest.raises(ValueError, match="floating-point"):
         make()
+
+
+class _HugeView:
+    """Pickles as numpy.ndarray(shape, uint8, buffer, 0, strides=(0, 1)): a million images
+    declared over one image's bytes (3 GB if copied)."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((1_000_000, 3072), np.dtype("u1"), b"\x00" * 3072, 0, (0, 1)))
+
+
+def test_an_array_declared_over_too_few_bytes_is_refused_before_allocating(tmp_path):
+    folder = write_batches(tmp_path, 4)
+    _write(folder, "test_batch", {b"data": _HugeView(), b"labels": [0] * 1_000_000})
+    assert (folder / "test_batch").stat().st_size < 3_000_000
+    with pytest.raises(cifar_data.UnsafeFileError, match=r"test_batch.*numpy\.ndarray"):
+        cifar10(tmp_path, train=False)
+
+
+def test_a_contiguous_array_larger_than_its_file_is_refused(tmp_path, monkeypatch):
+    """Any array the file cannot hold is refused by size as well (here the reconstructor
+    is fooled into building a zero-stride view)."""
+    write_batches(tmp_path, 4)
+    real = np.lib.stride_tricks.as_strided(np.zeros(3072, np.uint8), (1000, 3072), (0, 1))
+    monkeypatch.setattr(cifar_data, "_BatchUnpickler", _returning({b"data": real,
+                                                                   b"labels": [0] * 1000}))
+    with pytest.raises(ValueError, match=r"declares 1,000 images .* cannot hold"):
+        cifar10(tmp_path, train=False)
+
+
+def _returning(batch):
+    class Fake:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def load(self):
+            return batch
+    return Fake
