@@ -108,7 +108,7 @@ class CifarResNet(nn.Module):
         return self.head(z.mean(dim=(2, 3)))
 
 
-def untie(model: CifarResNet, depth: int, adjoint: bool | None = None) -> CifarResNet:
+def untie(model, depth: int, adjoint: bool | None = None):
     """A copy of ``model`` whose stage has ``depth`` independent residual functions.
 
     Function ``n`` of the new stage is a copy of the old stage's function at the
@@ -118,7 +118,8 @@ def untie(model: CifarResNet, depth: int, adjoint: bool | None = None) -> CifarR
 
     Parameters
     ----------
-    model : CifarResNet
+    model : CifarResNet or ResidualStack
+        A network with a ``stage``, or a stack itself (any residual functions).
     depth : int
         ``N`` of the new stage.
     adjoint : bool, optional
@@ -126,22 +127,32 @@ def untie(model: CifarResNet, depth: int, adjoint: bool | None = None) -> CifarR
 
     Returns
     -------
-    CifarResNet
+    CifarResNet or ResidualStack
+        The same kind as ``model``.
     """
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    old = model.stage
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    if isinstance(model, ResidualStack):
+        return _untied_stack(model, depth, adjoint)
+    if not isinstance(model, CifarResNet):
+        raise TypeError(f"untie takes a CifarResNet or a ResidualStack, got "
+                        f"{type(model).__name__}: for a network of your own, untie its "
+                        "stack (untie(net.stage, depth)) and put the copy in its place")
     new = copy.deepcopy(model)
+    new.stage = _untied_stack(model.stage, depth, adjoint)
+    new.tied = False
+    return new
+
+
+def _untied_stack(old: ResidualStack, depth: int, adjoint) -> ResidualStack:
     old.scheme.check_depth(depth)
     times = old.scheme.function_times(depth)
     source = [min(int(t * old.num_steps + 1e-9), old.depth - 1) for t in times.tolist()]
     functions = [copy.deepcopy(old.functions[k]) for k in source]
-    new.stage = ResidualStack(functions, scheme=old.scheme,
-                              adjoint=old.adjoint if adjoint is None else adjoint,
-                              preserve_rng_state=old.preserve_rng_state,
-                              reconstruction_tol=old.reconstruction_tol, strict=old.strict)
-    new.tied = False
-    return new
+    return ResidualStack(functions, scheme=old.scheme,
+                         adjoint=old.adjoint if adjoint is None else adjoint,
+                         preserve_rng_state=old.preserve_rng_state,
+                         reconstruction_tol=old.reconstruction_tol, strict=old.strict)
 
 
 @torch.no_grad()

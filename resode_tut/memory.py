@@ -45,14 +45,14 @@ class SavedTensorsCounter:
         self._skip = set()
         if model is not None:
             for t in list(model.parameters()) + list(model.buffers()):
-                self._skip.add(t.untyped_storage().data_ptr())
+                self._skip.add((t.untyped_storage().data_ptr(), t.device))
         self._seen = set()
         self.bytes = 0
 
     def _pack(self, t: torch.Tensor):
         storage = t.untyped_storage()
-        key = (storage.data_ptr(), t.device)
-        if storage.data_ptr() not in self._skip and key not in self._seen:
+        key = (storage.data_ptr(), t.device)   # addresses are per device
+        if key not in self._skip and key not in self._seen:
             self._seen.add(key)
             self.bytes += storage.nbytes()
         return t

@@ -30,6 +30,10 @@ _is_functorch_wrapped = getattr(getattr(torch._C, "_functorch", None),
 class ResidualStack(nn.Module):
     r"""Residual layers ``x_{n+1} = x_n + h F_n(x_n)`` that end at time ``t = 1``.
 
+    The stack multiplies each function by the step ``h``: to wrap the blocks ``g`` of an
+    existing ResNet (``x + g(x)``) without changing it, give ``M * g`` (or scale ``g``'s
+    last layer by ``M``).
+
     Parameters
     ----------
     functions : sequence of torch.nn.Module

@@ -15,13 +15,16 @@ module                 used by
 ``ch05``               chapter 5, solver dependence (presentation)
 ``solver_dependence``  chapter 5's computations (the code Table 1 is keyed on)
 ``table1``             chapter 5's Table 1: shipped result and command line
+``ch05_runs``          chapter 5's full-mode model runs: shipped results, command line
 ``ch06``               chapter 6, fine-tuning on CIFAR-10: results, figures, command line
 ``finetune``           chapter 6's run (the code its result is keyed on)
 ``finetune_result``    chapter 6's result and its JSON form
+``ch07``               chapter 7, scaling up: the data-parallel, resume and autocast checks
 ``discretisation``     chapters 1 and 4 (distance to the ODE against depth)
 ``gradient_methods``   chapters 3, 4 and 6 (four ways to differentiate a stack)
 ``classifier``         chapters 3 and 4 (a small residual classifier)
-``cifar_training``     chapter 6 (CIFAR training and measurements)
+``cifar_training``     chapters 6 and 7 (CIFAR training and measurements)
+``history``            chapters 3, 4 and 6 (a training run's per-epoch record)
 ``plots``              chapters 1-4
 ``cache``              chapters 5 and 6 (what a stored result depends on)
 ``shipped``            chapters 5 and 6 (results shipped under results/, with provenance)

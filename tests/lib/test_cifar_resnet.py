@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import write_batches
 
-from resode_tut import CifarResNet, recalibrate_batchnorm, untie
+from resode_tut import CifarResNet, ResidualStack, recalibrate_batchnorm, untie
 from resode_tut.datasets.cifar import cifar10, normalise
 
 
@@ -67,3 +67,19 @@ def test_recalibration_sets_running_statistics_to_the_data_average(tmp_path):
     # every copy of the untied stage now has statistics of its own step
     means = [f.bn1.running_mean for f in model.stage.functions]
     assert not torch.allclose(means[0], means[-1])
+
+
+def test_untie_takes_a_stack_of_any_functions_and_names_other_models():
+    """A tied stack of any residual functions becomes the same ODE on a finer grid; a
+    model without a stage is refused with the way out."""
+    torch.manual_seed(0)
+    f = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
+    tied = ResidualStack([f] * 4)
+    deep = untie(tied, 8)
+    assert isinstance(deep, ResidualStack) and deep.depth == 8
+    assert len({id(g) for g in deep.functions}) == 8                  # independent copies
+    assert all(torch.equal(g[0].weight, f[0].weight) for g in deep.functions)
+    with pytest.raises(TypeError, match="untie its stack"):
+        untie(torch.nn.Linear(3, 3), 8)
+    with pytest.raises(ValueError, match="depth"):
+        untie(tied, 0)

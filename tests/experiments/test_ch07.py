@@ -16,7 +16,7 @@ from helpers import write_batches
 from resode_tut import checkpoint as ckpt
 from resode_tut import distributed
 from resode_tut.datasets.cifar import cifar10
-from resode_tut.experiments import scaling
+from resode_tut.experiments import ch07 as scaling
 from resode_tut.experiments.cifar_training import train
 
 
