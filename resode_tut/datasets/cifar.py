@@ -160,14 +160,34 @@ class _BatchUnpickler(pickle.Unpickler):
             raise UnsafeFileError(f"it asks to load {module}.{name}") from None
 
 
+_FIX = ("delete the folder and re-create it from the official archive "
+        "(cifar10(root, download=True) does that)")
+
+
 def _load_batch(path: Path):
     """Read and check one python batch: images (n, 3, 32, 32) uint8, labels, file names.
 
     Raises ValueError (naming ``path`` and what is wrong) for anything that is not
     a CIFAR-10 batch: an unsafe pickle, a damaged file, wrong shapes or values.
     """
-    fix = "delete the folder and re-create it from the official archive " \
-          "(cifar10(root, download=True) does that)"
+    batch = _unpickle(path)
+    data = _checked_pixels(path, batch)
+    labels = _checked_labels(path, batch[b"labels"], len(data))
+    names = batch.get(b"filenames", [])
+    if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names) or \
+            len(names) not in (0, len(data)):
+        found = (f"{len(names)} names for {len(data)} images" if isinstance(names, list)
+                 else type(names).__name__)
+        raise ValueError(f"{path}: b'filenames' must be a list of bytes, one per image; "
+                         f"found {found}; {_FIX}")
+    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels, names
+
+
+def _unpickle(path: Path) -> dict:
+    """The batch's dict, read with :class:`_BatchUnpickler` (nothing but arrays, lists,
+    ints and bytes), with ``b'data'`` and ``b'labels'``.
+    """
+    fix = _FIX
     try:
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
@@ -182,7 +202,12 @@ def _load_batch(path: Path):
         keys = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
         raise ValueError(f"{path} is not a CIFAR-10 python batch (a dict with b'data' and "
                          f"b'labels'); found {keys}; {fix}")
-    data, labels = batch[b"data"], batch[b"labels"]
+    return batch
+
+
+def _checked_pixels(path: Path, batch: dict) -> np.ndarray:
+    """``b'data'``, checked: (n, 3072) integers 0..255, n >= 1, held by the file."""
+    fix, data = _FIX, batch[b"data"]
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         shape = data.shape if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{path}: b'data' must be an array of shape (n, 3072), got {shape}; "
@@ -203,23 +228,22 @@ def _load_batch(path: Path):
         if len(data) and (data.min() < 0 or data.max() > 255):
             raise ValueError(f"{path}: pixels outside 0..255 (min {data.min()}, max "
                              f"{data.max()}); {fix}")
+    return data
+
+
+def _checked_labels(path: Path, labels, n: int) -> list:
+    """``b'labels'``, checked: ``n`` ints 0..9."""
+    fix = _FIX
     if not isinstance(labels, list) or not all(type(y) is int for y in labels):
         kinds = sorted({type(y).__name__ for y in labels}) if isinstance(labels, list) \
             else type(labels).__name__
         raise ValueError(f"{path}: b'labels' must be a list of int, got {kinds}; {fix}")
-    if len(labels) != len(data):
-        raise ValueError(f"{path}: {len(data)} images but {len(labels)} labels; {fix}")
+    if len(labels) != n:
+        raise ValueError(f"{path}: {n} images but {len(labels)} labels; {fix}")
     if labels and (min(labels) < 0 or max(labels) > 9):
         raise ValueError(f"{path}: labels outside 0..9 (min {min(labels)}, max {max(labels)}); "
                          f"{fix}")
-    names = batch.get(b"filenames", [])
-    if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names) or \
-            len(names) not in (0, len(data)):
-        found = (f"{len(names)} names for {len(data)} images" if isinstance(names, list)
-                 else type(names).__name__)
-        raise ValueError(f"{path}: b'filenames' must be a list of bytes, one per image; "
-                         f"found {found}; {fix}")
-    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels, names
+    return labels
 
 
 def _missing_message(folder: Path, names) -> str:
