@@ -25,7 +25,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-__all__ = ["Distributed", "setup", "current", "shard", "all_reduce_sum", "wrap", "barrier",
+__all__ = ["Distributed", "setup", "current", "shard", "shard_weight", "all_reduce_sum", "wrap",
+           "barrier",
            "teardown"]
 
 
@@ -133,6 +134,27 @@ def shard(n: int, dist: Distributed) -> slice:
     base, extra = divmod(n, dist.world_size)
     start = dist.rank * base + min(dist.rank, extra)
     return slice(start, start + base + (dist.rank < extra))
+
+
+def shard_weight(shard_size: int, batch_size: int, dist: Distributed) -> float:
+    """The factor of this process's mean loss that makes DDP's average of the gradients
+    the gradient of the global batch's mean loss: ``K |S_k| / |S|`` (1 for equal slices
+    and for one process).
+
+    Exact for losses that are means of per-sample terms: with BatchNorm in train mode
+    each process normalises its slice by the slice's own statistics (unless
+    ``SyncBatchNorm``), so the samples' terms are not those of one process on the whole
+    batch.
+
+    Parameters
+    ----------
+    shard_size : int
+        ``|S_k|``, the items in this process's slice.
+    batch_size : int
+        ``|S|``, the items in the global batch.
+    dist : Distributed
+    """
+    return shard_size * dist.world_size / batch_size if dist.enabled else 1.0
 
 
 def all_reduce_sum(values, device: str | torch.device = "cpu") -> list[float]:

@@ -28,18 +28,118 @@ the plateau that the ResNet-ODE distance of i.i.d. networks tends to.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torchdiffeq import odeint
 
-from ..limit import max_state_distance
-from ..residual_functions import tanh_mean_weights
+from ..bounds import euler_distance_bound
+from ..limit import max_state_distance, ode_distance, solve_limit_ode
+from ..residual_functions import TanhLayer, tanh_mean_weights
 from ..solvers import Solver
+from ..stack import ResidualStack
 from .discretisation import DistanceSweep, distance_sweep
 from .plots import depth_axis, use_style
 
 __all__ = ["use_style",
-           "tanh_mean_fields", "iid_plateau", "DistanceSweep", "distance_sweep", "depth_axis"]
+           "tanh_mean_fields", "iid_plateau", "DistanceSweep", "distance_sweep", "depth_axis",
+           "scalar_stack", "TIGHT_CASES", "tightness", "bound_without_growth"]
+
+
+def scalar_stack(W, b) -> ResidualStack:
+    """An Euler stack of one-dimensional :class:`TanhLayer` with the given weights.
+
+    Parameters
+    ----------
+    W : sequence of float
+        ``W_n``, one per layer.
+    b : sequence of float
+        ``b_n``, one per layer.
+    """
+    functions = []
+    for w, c in zip(W, b):
+        f = TanhLayer(1).double()
+        with torch.no_grad():
+            f.linear.weight.fill_(w)
+            f.linear.bias.fill_(c)
+        functions.append(f)
+    return ResidualStack(functions)
+
+
+def _ramp(N):
+    """``f_n = tanh(b_n)`` with ``W = 0`` and ``b_n = 0.05 t_n``: layers that do not
+    depend on the state, whose bias rises; from ``x_0 = 0``.
+    """
+    t = np.arange(N) / N
+    return scalar_stack([0.0] * N, 0.05 * t), torch.zeros(1, 1, dtype=torch.float64)
+
+
+def _drop_then_expand(N):
+    """``W = 3`` throughout; ``b`` falls from 0.15 to -0.15 over ``t`` in [0, 1/128]
+    and stays there; from ``x_0 = 0.05``, the ODE's equilibrium once ``b`` settles, so
+    the error made while ``b`` falls grows like ``e^{3t}`` afterwards.
+    """
+    t = np.arange(N) / N
+    return (scalar_stack([3.0] * N, 0.15 - 0.3 * np.minimum(t * 128, 1.0)),
+            torch.full((1, 1), 0.05, dtype=torch.float64))
+
+
+#: Two one-dimensional networks on which the bound's worst cases are (nearly) met:
+#: ``"ramp"`` makes the bound nearly tight; ``"drop then expand"`` needs its growth factor.
+TIGHT_CASES = {"ramp": _ramp, "drop then expand": _drop_then_expand}
+
+
+def bound_without_growth(stack: ResidualStack, radius: torch.Tensor) -> torch.Tensor:
+    """A *wrong* derivation, for checking the chapter's asserts: the recursion of
+    :func:`resode_tut.euler_distance_bound` with the growth factor ``1 + h L_n``
+    dropped, i.e. the local errors summed as if they never grew.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        Euler, :class:`TanhLayer` functions.
+    radius : torch.Tensor, shape (B,)
+        As for :func:`resode_tut.euler_distance_bound`.
+    """
+    fs = list(stack.functions)
+    with torch.no_grad():
+        w = torch.stack([torch.linalg.matrix_norm(f.linear.weight, ord=2) for f in fs])
+        theta = torch.stack([torch.cat([p.flatten() for p in f.parameters()]) for f in fs])
+        dtheta = torch.cat([(theta[1:] - theta[:-1]).norm(dim=1), theta.new_zeros(1)])
+        w_hat = torch.maximum(w, torch.cat([w[1:], w[-1:]]))
+        h, sqrt_d = stack.h, math.sqrt(fs[0].dim)
+        lip_theta = torch.sqrt((radius + h * sqrt_d) ** 2 + 1)
+        return sum(h * h / 2 * w_hat[n] * sqrt_d + h / 2 * lip_theta * dtheta[n]
+                   for n in range(stack.num_steps))
+
+
+def tightness(depths=(16, 64, 256, 1024)) -> dict:
+    """Measured distance, the bound and the growth-free sum on :data:`TIGHT_CASES`.
+
+    Parameters
+    ----------
+    depths : sequence of int
+        Layers ``N`` (the second case needs ``N >= 256`` for several steps while
+        ``b`` falls).
+
+    Returns
+    -------
+    dict
+        ``{case: {"distance", "bound", "without_growth": numpy.ndarray (len(depths),)}}``.
+    """
+    out = {}
+    for case, make in TIGHT_CASES.items():
+        rows = {"distance": [], "bound": [], "without_growth": []}
+        for N in depths:
+            stack, x0 = make(N)
+            ode = solve_limit_ode(stack, x0)
+            radius = ode.flatten(2).norm(dim=2).amax(dim=0)
+            rows["distance"].append(ode_distance(stack, x0).item())
+            rows["bound"].append(euler_distance_bound(stack, radius).item())
+            rows["without_growth"].append(bound_without_growth(stack, radius).item())
+        out[case] = {k: np.array(v) for k, v in rows.items()}
+    return out
 
 
 def _gauss_tanh(mean: torch.Tensor, var: torch.Tensor, nodes: int) -> torch.Tensor:

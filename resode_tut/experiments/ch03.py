@@ -44,7 +44,8 @@ from .gradient_methods import (
 )
 from .plots import depth_axis, use_style
 
-__all__ = ["use_style", "FAST_PATH", "fast_path_ablation",
+__all__ = ["use_style", "FAST_PATH", "fast_path_ablation", "misplaced_adjoint",
+           "self_check_blind_spot",
            "adjoint_benchmark", "format_table", "main", "METHODS", "gradients", "floor_step",
            "interleaved_times", "paired_ratio", "layer_errors",
            "relative_error", "saved_bytes", "cuda_peak_mib", "adjoint_error_sweep",
@@ -152,6 +153,79 @@ def fast_path_ablation(scheme: str = "euler", depth: int = 64, dim: int = 64,
             stack.zero_grad(set_to_none=True)
     return {n: float(np.median(np.array(times[n]) / np.array(times["fast"])))
             for n in names if n != "fast"}
+
+
+def misplaced_adjoint(stack, x_N: torch.Tensor, p_N: torch.Tensor):
+    """A *wrong* adjoint, for chapter 3's blind-spot check: the reference loop with the
+    vector-Jacobian product of step ``n`` taken at ``x~_{n+1}`` instead of ``x~_n`` (an
+    off-by-one a fast implementation can make).  Its reconstruction, and so its
+    self-check, is the correct one's.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x_N : torch.Tensor, shape (B, ...)
+    p_N : torch.Tensor, shape (B, ...)
+
+    Returns
+    -------
+    (p_0, grads)
+    """
+    params = [q for q in stack.parameters() if q.requires_grad]
+    grads = [torch.zeros_like(q) for q in params]
+    scheme, h, f = stack.scheme, stack.h, stack.evaluate
+    x, p = x_N.detach(), p_N
+    for n in reversed(range(stack.num_steps)):
+        at = x.detach().requires_grad_(True)          # x~_{n+1}: the wrong point
+        with torch.enable_grad():
+            x_next = scheme.step(f, n, at, h)
+        p, *g = torch.autograd.grad(x_next, [at, *params], p, allow_unused=True)
+        grads = [a if b is None else a + b for a, b in zip(grads, g)]
+        with torch.no_grad():
+            x = scheme.reverse_step(f, n, x, h)
+    return p, grads
+
+
+def self_check_blind_spot(depth: int = 64, dim: int = 16, seed: int = 0) -> dict:
+    """What the self-check sees of two adjoints with the same reconstruction: the
+    correct one and :func:`misplaced_adjoint`.
+
+    Parameters
+    ----------
+    depth : int
+    dim : int
+    seed : int
+        A tanh stack (float64, smooth weights) and its input.
+
+    Returns
+    -------
+    dict
+        ``gradient_error`` (relative, against backprop) and ``self_check`` for
+        ``"correct"`` and ``"misplaced"``.
+    """
+    stack = tanh_stack(depth, "smooth", seed=seed, dim=dim)
+    x = torch.randn(32, dim, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
+    out = stack(x)
+    p_N = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+    true = torch.autograd.grad(out, [x, *stack.parameters()], p_N)
+    with torch.no_grad():
+        x_rec = _reconstruct_input(stack, out)
+        check = float((x_rec - x).norm() / (out - x).norm())
+    result = {}
+    for name, method in (("correct", adjoint_gradients), ("misplaced", misplaced_adjoint)):
+        p_0, grads = method(stack, out.detach(), p_N)
+        result[name] = dict(gradient_error=relative_error(list(true), [p_0, *grads]),
+                            self_check=check)
+    return result
+
+
+def _reconstruct_input(stack, x_N):
+    """``x~_0``: the scheme run backwards from ``x_N`` (what the self-check compares)."""
+    x = x_N
+    for n in reversed(range(stack.num_steps)):
+        x = stack.scheme.reverse_step(stack.evaluate, n, x, stack.h)
+    return x
 
 
 def adjoint_benchmark(depths=(16, 64, 256, 1024), dim: int = 256, batch: int = 256,

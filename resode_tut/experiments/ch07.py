@@ -1,7 +1,7 @@
 """Chapter 7 ("Scaling up"): its checks, on the CPU: data parallelism, resuming, mixed precision.
 
 * :func:`ddp_step_check` -- one SGD step of a :class:`CifarResNet` in ``K``
-  processes (DistributedDataParallel over gloo, each process half the batch)
+  processes (DistributedDataParallel over gloo, each process its slice of the batch)
   against one process on the whole batch, with backprop and with the adjoint.
 * :func:`resume_check` -- a training interrupted after an epoch and resumed from
   its checkpoint against the same training uninterrupted.
@@ -30,9 +30,13 @@ __all__ = ["use_style", "StepCheck", "ddp_step_check", "ResumeCheck", "resume_ch
            "amp_check", "plot"]
 
 
-def _model(depth: int, channels: int, dtype) -> CifarResNet:
+def _model(depth: int, channels: int, dtype, batchnorm: str = "eval") -> CifarResNet:
     # zero_init=False: every weight of the stage has a gradient from the first step
-    return CifarResNet(depth, channels, zero_init=False, seed=0).to(dtype).eval()
+    model = CifarResNet(depth, channels, zero_init=False, seed=0).to(dtype)
+    # four random steps are far from invertible: the adjoint's self-check would warn, but
+    # these checks compare the adjoint in several processes with the adjoint in one
+    model.stage.reconstruction_tol = math.inf
+    return model.train(batchnorm == "train")
 
 
 def _batch(n: int, dtype, seed: int = 0):
@@ -42,29 +46,30 @@ def _batch(n: int, dtype, seed: int = 0):
 
 
 def _one_step(method: str, depth: int, channels: int, batch: int, dtype,
-              use_ddp: bool = True) -> list[torch.Tensor]:
-    """Parameters after one SGD step (BatchNorm in eval mode: the same statistics in
-    every process), this process's share of the batch when there is a process group.
+              use_ddp: bool = True, batchnorm: str = "eval") -> list[torch.Tensor]:
+    """Parameters after one SGD step on this process's share of the batch (the whole
+    batch without a process group), its mean loss weighted as ``train()`` weights it.
     """
-    model = _model(depth, channels, dtype)
+    model = _model(depth, channels, dtype, batchnorm)
     model.stage.adjoint = method == "adjoint"
     dist = distributed.current()
     net = distributed.wrap(model, "cpu") if use_ddp else model
     x, y = _batch(batch, dtype)
     part = distributed.shard(batch, dist) if dist.enabled else slice(None)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    nn.functional.cross_entropy(net(x[part]), y[part]).backward()
+    share = distributed.shard_weight(len(y[part]), batch, dist)
+    (nn.functional.cross_entropy(net(x[part]), y[part]) * share).backward()
     opt.step()
     return [p.detach().clone() for p in model.parameters()]
 
 
 def _step_worker(rank, world, init_file, out_dir, method, depth, channels, batch, dtype,
-                 use_ddp):
+                 use_ddp, batchnorm):
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                              world_size=world)
     try:
-        params = _one_step(method, depth, channels, batch, dtype, use_ddp)
+        params = _one_step(method, depth, channels, batch, dtype, use_ddp, batchnorm)
         torch.save(params, Path(out_dir) / f"rank{rank}.pt")
     finally:
         tdist.destroy_process_group()
@@ -103,17 +108,18 @@ class StepCheck:
 
 
 def ddp_step_check(method: str = "adjoint", processes: int = 2, depth: int = 4,
-                   channels: int = 4, batch: int = 8, dtype=torch.float64,
-                   use_ddp: bool = True) -> StepCheck:
+                   channels: int = 4, batch: int = 9, dtype=torch.float64,
+                   use_ddp: bool = True, batchnorm: str = "eval") -> StepCheck:
     """Run one training step in ``processes`` processes (gloo, CPU) and in this one.
 
     Parameters
     ----------
     method : {"backprop", "adjoint"}
     processes : int
-        At least 2; ``batch`` is split between them.
+        At least 2; ``batch`` is split between them (unequal slices when it does not
+        divide, each process's loss weighted by its share as ``train()`` does).
     depth : int
-        Depth of the :class:`CifarResNet` (untied, BatchNorm in eval mode).
+        Depth of the :class:`CifarResNet` (untied).
     channels : int
         Its width.
     batch : int
@@ -122,6 +128,10 @@ def ddp_step_check(method: str = "adjoint", processes: int = 2, depth: int = 4,
     use_ddp : bool
         False skips DistributedDataParallel (each process steps on its own
         gradient): the check must then fail, which shows it can.
+    batchnorm : {"eval", "train"}
+        BatchNorm's mode: in eval mode the loss is a mean of per-sample terms and the
+        processes' step equals one process's; in train mode each process normalises its
+        slice by its own statistics, and it does not.
 
     Returns
     -------
@@ -131,12 +141,14 @@ def ddp_step_check(method: str = "adjoint", processes: int = 2, depth: int = 4,
         raise ValueError(f"unknown gradient method {method!r}: choose one of {METHODS}")
     if processes < 2:
         raise ValueError(f"processes must be at least 2, got {processes}")
-    single = _one_step(method, depth, channels, batch, dtype, use_ddp=False)
+    if batchnorm not in ("eval", "train"):
+        raise ValueError(f"batchnorm must be 'eval' or 'train', got {batchnorm!r}")
+    single = _one_step(method, depth, channels, batch, dtype, False, batchnorm)
     start = [p.detach() for p in _model(depth, channels, dtype).parameters()]
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_step_worker, nprocs=processes, start_method="spawn",
                            args=(processes, str(Path(tmp) / "rendezvous"), tmp, method,
-                                 depth, channels, batch, dtype, use_ddp))
+                                 depth, channels, batch, dtype, use_ddp, batchnorm))
         ranks = [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True)
                  for r in range(processes)]
     return StepCheck(method, processes, _max_relative(ranks[0], single),

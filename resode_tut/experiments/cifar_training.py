@@ -195,7 +195,7 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
                 raise FloatingPointError(f"{desc}: the loss became {loss.item()}: "
                                          "lower the learning rate")
             # DDP averages over processes: weight each by its share of the global batch
-            share = len(y) * dist.world_size / len(idx)
+            share = distributed.shard_weight(len(y), len(idx), dist)
             opt.zero_grad(set_to_none=True)
             with checks.backward():
                 scaler.scale(loss if share == 1 else loss * share).backward()

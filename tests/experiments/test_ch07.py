@@ -57,6 +57,28 @@ def test_shard_splits_a_batch_into_contiguous_parts_in_rank_order():
         distributed.shard(2, distributed.Distributed(0, 3))
 
 
+def test_shard_weights_make_the_average_of_slice_means_the_global_mean():
+    """DDP averages the K processes' gradients; each slice's mean loss times its weight
+    must average to the global mean (independently: plain arithmetic on the losses)."""
+    losses = torch.arange(1.0, 12.0, dtype=torch.float64)             # 11 per-sample terms
+    for k in (1, 2, 3, 4):
+        dists = [distributed.Distributed(r, k) for r in range(k)]
+        parts = [distributed.shard(len(losses), d) for d in dists]
+        weighted = [losses[p].mean() * distributed.shard_weight(len(losses[p]), len(losses), d)
+                    for p, d in zip(parts, dists)]
+        assert torch.allclose(torch.stack(weighted).mean(), losses.mean())
+        if k == 3:   # unweighted slice means would not: the slices differ in size
+            assert not torch.allclose(torch.stack([losses[p].mean() for p in parts]).mean(),
+                                      losses.mean())
+
+
+def test_per_slice_batchnorm_statistics_are_not_one_processs_step():
+    """The equation is exact for per-sample losses only: in train mode BatchNorm
+    normalises each slice by its own statistics."""
+    check = scaling.ddp_step_check("backprop", batchnorm="train")
+    assert check.between_ranks == 0.0 and check.vs_one_process > 1e-6, check
+
+
 def test_one_process_needs_no_process_group(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     dist, device = distributed.setup("cpu")
