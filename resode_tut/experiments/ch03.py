@@ -331,14 +331,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    """The command line: ``python -m resode_tut.experiments.ch03 adjoint --help``.
-
-    Parameters
-    ----------
-    argv : list of str, optional
-        Arguments (default: ``sys.argv[1:]``).
-    """
+def _parser() -> argparse.ArgumentParser:
+    """The benchmark's arguments (see :func:`main`)."""
     parser = argparse.ArgumentParser(prog="python -m resode_tut.experiments.ch03",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("which", choices=["adjoint"], help="benchmark to run")
@@ -357,6 +351,18 @@ def main(argv=None) -> None:
     parser.add_argument("--device", type=torch_device,
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv=None) -> None:
+    """The command line: ``python -m resode_tut.experiments.ch03 adjoint --help``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.scheme == "heun" and min(args.depths) < 2:
         parser.error(f"--depths: a Heun stack needs at least 2 residual functions, got "

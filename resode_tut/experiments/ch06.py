@@ -450,14 +450,8 @@ def summary(result: FinetuneResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    """The command line: ``python -m resode_tut.experiments.ch06 --help``.
-
-    Parameters
-    ----------
-    argv : list of str, optional
-        Arguments (default: ``sys.argv[1:]``).
-    """
+def _parser() -> argparse.ArgumentParser:
+    """The command line's arguments (see :func:`main`)."""
     parser = argparse.ArgumentParser(
         prog="python -m resode_tut.experiments.ch06",
         description="Fine-tune a deep CIFAR-10 ResNet with the adjoint and with backprop "
@@ -487,6 +481,18 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoints (automatic after torchrun's "
                              "elastic restart)")
+    return parser
+
+
+def main(argv=None) -> int:
+    """The command line: ``python -m resode_tut.experiments.ch06 --help``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
     for flag, folder in (("--out", args.out), ("--checkpoints", args.checkpoints)):
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():

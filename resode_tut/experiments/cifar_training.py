@@ -180,28 +180,8 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
                           total=epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(labels), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch].to(device)
-            if len(idx) < dist.world_size:
-                break
-            # every process augments the whole global batch (same generator state)
-            x, y = prepare(images[idx], gen), labels[idx]
-            part = distributed.shard(len(idx), dist) if dist.enabled else slice(None)
-            x, y = x[part], y[part]
-            with autocast:
-                loss = nn.functional.cross_entropy(net(x), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: the loss became {loss.item()}: "
-                                         "lower the learning rate")
-            # DDP averages over processes: weight each by its share of the global batch
-            share = distributed.shard_weight(len(y), len(idx), dist)
-            opt.zero_grad(set_to_none=True)
-            with checks.backward():
-                scaler.scale(loss if share == 1 else loss * share).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += loss.item() * len(y)
+        total = _train_epoch(net, images, labels, order, batch, gen, dist, autocast, opt,
+                             scaler, checks, desc)
         sched.step()
         checks.end_epoch(hist)
         if device.type == "cuda":
@@ -222,6 +202,37 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
                 "history": dataclasses.asdict(hist)}, fingerprint)
     model.stage.adjoint = adjoint_before
     return hist
+
+
+def _train_epoch(net, images, labels, order, batch, gen, dist, autocast, opt, scaler,
+                 checks, desc) -> float:
+    """One epoch of SGD steps over ``order`` in global batches of ``batch``: this
+    process's slice of each, its loss weighted by its share; the summed loss of this
+    process's images.
+    """
+    total = 0.0
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch].to(images.device)
+        if len(idx) < dist.world_size:
+            break
+        # every process augments the whole global batch (same generator state)
+        x, y = prepare(images[idx], gen), labels[idx]
+        part = distributed.shard(len(idx), dist) if dist.enabled else slice(None)
+        x, y = x[part], y[part]
+        with autocast:
+            loss = nn.functional.cross_entropy(net(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: the loss became {loss.item()}: "
+                                     "lower the learning rate")
+        # DDP averages over processes: weight each by its share of the global batch
+        share = distributed.shard_weight(len(y), len(idx), dist)
+        opt.zero_grad(set_to_none=True)
+        with checks.backward():
+            scaler.scale(loss if share == 1 else loss * share).backward()
+        scaler.step(opt)
+        scaler.update()
+        total += loss.item() * len(y)
+    return total
 
 
 def stage_saved_bytes(model: CifarResNet, x: torch.Tensor, method: str) -> int:

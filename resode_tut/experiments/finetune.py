@@ -281,40 +281,13 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
     # 2. untie, fine-tune from the same start with the same seed, once per method, and
     #    once with the stage frozen (what a stage that learns nothing would give)
     start = _depth_copy(tied, config.depth, device, train_data)
-    start_acc = accuracy(start, test_data, device=device)
-    curves, finetuned = {}, {}
-    for method in (*METHODS, "frozen"):
-        model = copy.deepcopy(start)
-        for p in model.stage.parameters():
-            p.requires_grad_(method != "frozen")
-        hist = train(model, train_data, test_data, config.epochs, config.lr,
-                     method="backprop" if method == "frozen" else method,
-                     milestones=config.milestones, seed=config.seed + 1,
-                     desc=f"fine-tune N={config.depth} ({method})",
-                     evaluate=adjoint_epoch_end if method == "adjoint" else None,
-                     **fit(f"finetune-{method}"))
-        travel = float((_stage_vector(model) - _stage_vector(start)).norm())
-        curves[method] = FineTuning([start_acc] + hist.test_accuracy, hist.train_loss,
-                                    hist.seconds, travel)
-        if method in METHODS:
-            finetuned[method] = model
-        if method == "adjoint":
-            during = hist.notes
+    curves, finetuned, during = _finetune(start, config, train_data, test_data, device, fit,
+                                          adjoint_epoch_end)
     stage_gap = float((_stage_vector(finetuned["adjoint"])
                        - _stage_vector(finetuned["backprop"])).norm())
 
     # 3. memory kept by the stage, against depth
-    mem_idx = pick[:config.memory_batch]
-    x_mem = prepare(test_data.images[mem_idx]).to(device)
-    y_mem = test_data.labels[mem_idx].to(device)
-    mem = Memory(list(config.memory_depths), config.memory_batch,
-                 {m: [] for m in METHODS}, {m: [] for m in METHODS})
-    for d in config.memory_depths:
-        model = _depth_copy(tied, d, device)
-        for m in METHODS:
-            mem.saved_bytes[m].append(stage_saved_bytes(model, x_mem, m))
-            if device.type == "cuda":
-                mem.cuda_peak_mib[m].append(cuda_step_peak_mib(model, x_mem, y_mem, m))
+    mem = _memory(tied, config, test_data, pick, device)
 
     # 4. gradient agreement against depth
     grads = Gradients(list(config.gradient_depths), config.gradient_batch,
@@ -335,6 +308,49 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         gradients=grads,
         seconds=time.perf_counter() - t_start, load_average=[load_start, _load_average()],
         scale=scale)
+
+
+def _finetune(start, config, train_data, test_data, device, fit, adjoint_epoch_end):
+    """Fine-tune copies of ``start`` once per method and once with the stage frozen, from
+    the same weights with the same seed: the curves, the fine-tuned models (per method)
+    and the notes of the adjoint run's epochs.
+    """
+    start_acc = accuracy(start, test_data, device=device)
+    curves, finetuned, during = {}, {}, []
+    for method in (*METHODS, "frozen"):
+        model = copy.deepcopy(start)
+        for p in model.stage.parameters():
+            p.requires_grad_(method != "frozen")
+        hist = train(model, train_data, test_data, config.epochs, config.lr,
+                     method="backprop" if method == "frozen" else method,
+                     milestones=config.milestones, seed=config.seed + 1,
+                     desc=f"fine-tune N={config.depth} ({method})",
+                     evaluate=adjoint_epoch_end if method == "adjoint" else None,
+                     **fit(f"finetune-{method}"))
+        travel = float((_stage_vector(model) - _stage_vector(start)).norm())
+        curves[method] = FineTuning([start_acc] + hist.test_accuracy, hist.train_loss,
+                                    hist.seconds, travel)
+        if method in METHODS:
+            finetuned[method] = model
+        if method == "adjoint":
+            during = hist.notes
+    return curves, finetuned, during
+
+
+def _memory(tied, config, test_data, pick, device) -> Memory:
+    """Bytes the stage keeps for backward (and, on CUDA, the step's peak) against depth."""
+    mem_idx = pick[:config.memory_batch]
+    x_mem = prepare(test_data.images[mem_idx]).to(device)
+    y_mem = test_data.labels[mem_idx].to(device)
+    mem = Memory(list(config.memory_depths), config.memory_batch,
+                 {m: [] for m in METHODS}, {m: [] for m in METHODS})
+    for d in config.memory_depths:
+        model = _depth_copy(tied, d, device)
+        for m in METHODS:
+            mem.saved_bytes[m].append(stage_saved_bytes(model, x_mem, m))
+            if device.type == "cuda":
+                mem.cuda_peak_mib[m].append(cuda_step_peak_mib(model, x_mem, y_mem, m))
+    return mem
 
 
 def _load_average() -> float:
