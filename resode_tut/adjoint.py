@@ -547,6 +547,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         replay = _replayer(tape, ctx.buffers)
         scheme, h = stack.scheme, stack.h
         shares_first = scheme.reverse_shares_first_evaluation and replay is None
+        plain = _evaluator(stack, 0, None) if replay is None else None   # one for all steps
         grads = [None] * len(ctx.params)
         known = None   # Heun: (f_{n+1}(x~_{n+1}), x~_{n+1}) from the previous step
         p = grad_out
@@ -559,7 +560,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 dtype = dtypes[n]   # the dtype the step's input had in forward
                 saved = [b.clone() for b in buffers] if buffers else None
                 x_in = x if x.dtype == dtype else x.to(dtype)
-                f = _evaluator(stack, n, replay)
+                f = plain or _evaluator(stack, n, replay)
                 try:
                     x = scheme.reverse_step(f, n, x_in, h,
                                             known[0] if known and known[1] is x_in else None)
