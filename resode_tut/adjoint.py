@@ -45,6 +45,13 @@ What backward guarantees (each one tested against plain backprop):
   cheaply, a forward compares the generators before and after; a stack found
   to draw random numbers runs that forward once more from the same state,
   recording, and records directly from then on (until a forward draws none).
+* **Buffers a function updates and reads** (spectral normalisation's power-iteration
+  vectors, any buffer but normalisation statistics, which a train-mode forward updates
+  but does not read): a forward copies them once to see whether they change; a stack
+  found updating them records, per evaluation, the values the evaluation saw (a copy
+  only when they changed) and backward restores them before each re-evaluation, so the
+  gradients are backprop's.  Like random states, found on a forward that is then run once
+  more from the same state, recording.
 * **Autocast**: backward re-enters the forward's ``torch.autocast`` state.
 * **dtype changes**: a function may return another floating dtype than its
   input's (float64 from float32); each reconstructed state is cast back to the
