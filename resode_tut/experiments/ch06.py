@@ -40,12 +40,13 @@ import torch
 
 from .. import distributed
 from ..datasets.cifar import SHORT_NAMES, cifar10, data_identity
+from ..runtime import get_threads
 from . import shipped
 from .cifar_training import (
     AMP_DTYPES,
     METHODS,
 )
-from .cli import torch_device
+from .cli import positive_int, torch_device
 from .finetune import (
     CONFIGS,
     DEFAULT_SCALE,
@@ -481,6 +482,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoints (automatic after torchrun's "
                              "elastic restart)")
+    parser.add_argument("--threads", type=positive_int, default=get_threads(),
+                        help="torch threads per process (default $RESODE_THREADS, else 1, as "
+                             "the chapters run: the numbers do not depend on the core count)")
     return parser
 
 
@@ -502,6 +506,7 @@ def main(argv=None) -> int:
             data_identity(args.data)
         except (FileNotFoundError, ValueError) as err:
             parser.error(f"--data: {err}")
+    torch.set_num_threads(args.threads)
     dist, device = distributed.setup(args.device)
     try:
         out = default_results_dir() if args.out is None else Path(args.out)
