@@ -128,7 +128,7 @@ class AdjointState:
         self.warned = False
         self.self_updating = False
         self.plan = None      # (key, per-step plan): see _plan
-        self.watched = None   # (key, buffers a forward may update): see _watched
+        self.watched = None   # (key, buffers a forward may update): see _self_updating_candidates
         self.params = None    # (key, the stack's distinct parameters): see _stack_parameters
 
     def report(self, error: float, tol: float, strict: bool) -> None:

@@ -38,7 +38,7 @@ from torch.nn.utils import parameters_to_vector
 from .residual_functions import TanhLayer
 from .stack import ResidualStack
 
-__all__ = ["euler_distance_bound", "FORMS"]
+__all__ = ["euler_distance_bound", "euler_step_terms", "FORMS"]
 
 
 FORMS = ("recursion", "closed")
@@ -67,26 +67,53 @@ def euler_distance_bound(stack: ResidualStack, radius: torch.Tensor,
     torch.Tensor, shape (B,)
         The bound, one per input.
     """
-    if stack.scheme != "euler":
-        raise ValueError(f"euler_distance_bound needs an Euler stack, got scheme {stack.scheme!r}")
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}: choose one of {FORMS}")
-    if not all(isinstance(f, TanhLayer) for f in stack.functions):
-        raise ValueError("euler_distance_bound needs a stack of TanhLayer functions")
     with torch.no_grad():
-        fs = list(stack.functions)
-        w = torch.stack([torch.linalg.matrix_norm(f.linear.weight, ord=2) for f in fs])
-        theta = torch.stack([parameters_to_vector(f.parameters()) for f in fs])
-        # theta(t) is constant after the last knot: no increment there.
-        dtheta = torch.cat([(theta[1:] - theta[:-1]).norm(dim=1), theta.new_zeros(1)])
-        w_hat = torch.maximum(w, torch.cat([w[1:], w[-1:]]))
-        h, sqrt_d = stack.h, math.sqrt(fs[0].dim)
-        lip_theta = torch.sqrt((radius + h * sqrt_d) ** 2 + 1)   # R over each whole step
+        growth, local, w, dtheta, lip_theta = _terms(stack, radius)
         if form == "closed":
-            L, N = w.max(), stack.num_steps
+            L, N, sqrt_d = w.max(), stack.num_steps, math.sqrt(stack.functions[0].dim)
             return torch.exp(L) / 2 * (L * sqrt_d / N + lip_theta * dtheta.sum() / N)
         e = torch.zeros_like(radius)
         for n in range(stack.num_steps):
-            local = h * h / 2 * w_hat[n] * sqrt_d + h / 2 * lip_theta * dtheta[n]
-            e = (1 + h * w[n]) * e + local
+            e = growth[n] * e + local[n]
         return e
+
+
+def euler_step_terms(stack: ResidualStack, radius: torch.Tensor):
+    r"""The two terms of :func:`euler_distance_bound`'s recursion, step by step: the
+    growth factor ``1 + h L_n`` and the local error
+    ``h^2/2 hat L_n sqrt(d) + h/2 sqrt(R^2 + 1) ||theta_{n+1} - theta_n||``.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        ``scheme="euler"``, every function a :class:`TanhLayer`.
+    radius : torch.Tensor, shape (B,)
+        As for :func:`euler_distance_bound`.
+
+    Returns
+    -------
+    (growth, local)
+        ``growth`` of shape (N,), ``local`` of shape (N, B).
+    """
+    with torch.no_grad():
+        return _terms(stack, radius)[:2]
+
+
+def _terms(stack, radius):
+    if stack.scheme != "euler":
+        raise ValueError(f"euler_distance_bound needs an Euler stack, got scheme {stack.scheme!r}")
+    if not all(isinstance(f, TanhLayer) for f in stack.functions):
+        raise ValueError("euler_distance_bound needs a stack of TanhLayer functions")
+    fs = list(stack.functions)
+    w = torch.stack([torch.linalg.matrix_norm(f.linear.weight, ord=2) for f in fs])
+    theta = torch.stack([parameters_to_vector(f.parameters()) for f in fs])
+    # theta(t) is constant after the last knot: no increment there.
+    dtheta = torch.cat([(theta[1:] - theta[:-1]).norm(dim=1), theta.new_zeros(1)])
+    w_hat = torch.maximum(w, torch.cat([w[1:], w[-1:]]))
+    h, sqrt_d = stack.h, math.sqrt(fs[0].dim)
+    lip_theta = torch.sqrt((radius + h * sqrt_d) ** 2 + 1)   # R over each whole step
+    local = torch.stack([h * h / 2 * w_hat[n] * sqrt_d + h / 2 * lip_theta * dtheta[n]
+                         for n in range(stack.num_steps)])
+    return 1 + h * w, local, w, dtheta, lip_theta

@@ -28,13 +28,11 @@ the plateau that the ResNet-ODE distance of i.i.d. networks tends to.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torchdiffeq import odeint
 
-from ..bounds import euler_distance_bound
+from ..bounds import euler_distance_bound, euler_step_terms
 from ..limit import max_state_distance, ode_distance, solve_limit_ode
 from ..residual_functions import TanhLayer, tanh_mean_weights
 from ..solvers import Solver
@@ -102,16 +100,7 @@ def bound_without_growth(stack: ResidualStack, radius: torch.Tensor) -> torch.Te
     radius : torch.Tensor, shape (B,)
         As for :func:`resode_tut.euler_distance_bound`.
     """
-    fs = list(stack.functions)
-    with torch.no_grad():
-        w = torch.stack([torch.linalg.matrix_norm(f.linear.weight, ord=2) for f in fs])
-        theta = torch.stack([torch.cat([p.flatten() for p in f.parameters()]) for f in fs])
-        dtheta = torch.cat([(theta[1:] - theta[:-1]).norm(dim=1), theta.new_zeros(1)])
-        w_hat = torch.maximum(w, torch.cat([w[1:], w[-1:]]))
-        h, sqrt_d = stack.h, math.sqrt(fs[0].dim)
-        lip_theta = torch.sqrt((radius + h * sqrt_d) ** 2 + 1)
-        return sum(h * h / 2 * w_hat[n] * sqrt_d + h / 2 * lip_theta * dtheta[n]
-                   for n in range(stack.num_steps))
+    return euler_step_terms(stack, radius)[1].sum(0)
 
 
 def tightness(depths=(16, 64, 256, 1024)) -> dict:

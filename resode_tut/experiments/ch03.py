@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import adjoint as _adjoint_module
-from ..adjoint import adjoint_gradients
+from ..adjoint import adjoint_gradients, reconstruct
 from ..progress import progress
 from ..residual_functions import tanh_stack
 from ..schemes import Euler, Heun
@@ -210,7 +210,7 @@ def self_check_blind_spot(depth: int = 64, dim: int = 16, seed: int = 0) -> dict
     p_N = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
     true = torch.autograd.grad(out, [x, *stack.parameters()], p_N)
     with torch.no_grad():
-        x_rec = _reconstruct_input(stack, out)
+        x_rec = reconstruct(stack, out)[0]
         check = float((x_rec - x).norm() / (out - x).norm())
     result = {}
     for name, method in (("correct", adjoint_gradients), ("misplaced", misplaced_adjoint)):
@@ -218,14 +218,6 @@ def self_check_blind_spot(depth: int = 64, dim: int = 16, seed: int = 0) -> dict
         result[name] = dict(gradient_error=relative_error(list(true), [p_0, *grads]),
                             self_check=check)
     return result
-
-
-def _reconstruct_input(stack, x_N):
-    """``x~_0``: the scheme run backwards from ``x_N`` (what the self-check compares)."""
-    x = x_N
-    for n in reversed(range(stack.num_steps)):
-        x = stack.scheme.reverse_step(stack.evaluate, n, x, stack.h)
-    return x
 
 
 def adjoint_benchmark(depths=(16, 64, 256, 1024), dim: int = 256, batch: int = 256,
