@@ -135,6 +135,15 @@ class StepSizeAdapter:
         self.step_size = max(initial_step_size(model.field, x, order=1), 1 / self.max_steps)
         model.solver = Solver("euler", self.step_size)
 
+    def halved(self, h: float) -> float:
+        """The step after a failed check, as the paper's code takes it: ``h/2``, or, where
+        that would pass ``max_steps`` steps, ``2h / (max_steps h + 1)`` (the harmonic mean
+        of ``h`` and ``1/max_steps``), and ``h`` itself at the cap.
+        """
+        if 2 / h <= self.max_steps:
+            return h / 2
+        return h if int(1 / h) == self.max_steps else 2 * h / (self.max_steps * h + 1)
+
     def test_solver(self, h: float) -> Solver:
         """Midpoint at ``h`` if there are more than 50 steps, else at ``sqrt(h/50)``."""
         return Solver("midpoint", h if 1 / h > 50 else math.sqrt(h / 50))
@@ -159,8 +168,7 @@ class StepSizeAdapter:
                                      self.gap_limit)
         self.log.append(dict(step_size=h, acc_train=acc_train, acc_test=acc_test,
                              action=action))
-        self.step_size = {"halve": max(h / 2, 1 / self.max_steps), "keep": h,
-                          "grow": grown}[action]
+        self.step_size = {"halve": self.halved(h), "keep": h, "grow": grown}[action]
         model.solver = Solver("euler", self.step_size)
 
 
@@ -170,13 +178,13 @@ class ToleranceAdapter:
 
     Every ``every`` iterations, on the current batch: the accuracy with the training
     solver at ``tol`` is compared with ``test_method`` at ``tol / test_factor``, the
-    test tolerance lowered by further factors ``test_factor`` until the test solver
+    test tolerance then lowered by a factor ``tighten`` a round until the test solver
     takes more field evaluations than the training solver (a test as cheap as the
     training solve would check nothing).  A gap above ``gap_limit`` points halves ``tol``;
     otherwise ``1.1 tol`` is tried and kept if the training solver there still agrees
-    with the test.  While the training solver's evaluation count has been the same
-    for the last ``patience`` iterations, ``tol`` is left unchanged (its steps do
-    not depend on it there).
+    with the test, unless it takes the same number of evaluations as each of the last
+    ``patience`` training iterations (then ``tol`` stays: growing it would change
+    nothing but the number).
 
     Parameters
     ----------
@@ -191,12 +199,15 @@ class ToleranceAdapter:
     every : int
         Iterations between checks.
     test_factor : float
-        The test tolerance starts at ``tol / test_factor`` and is divided by it
-        until the test takes more evaluations than training.
+        The first test tolerance is ``tol / test_factor`` (the paper's code: 5).
+    tighten : float
+        The factor the test tolerance is then divided by, round after round (the
+        paper's code: 10).
     min_test_tol : float
         The test tolerance is never lowered below this.
     patience : int
-        Iterations of constant training evaluation count that freeze ``tol``.
+        Training iterations whose evaluation count, all equal to the grown
+        tolerance's, keep ``tol`` from growing (the paper's code: 5).
 
     Attributes
     ----------
@@ -204,23 +215,26 @@ class ToleranceAdapter:
         The current tolerance.
     log : list of dict
         One entry per check: ``tol``, ``test_tol``, both accuracies and evaluation
-        counts, and the action (``"halve"``, ``"keep"``, ``"grow"`` or ``"frozen"``).
+        counts, and the action (``"halve"``, ``"keep"``, ``"grow"`` or ``"frozen"``,
+        the last when growth was blocked by the constant evaluation count).
     """
 
     def __init__(self, method: str = "fehlberg2", tol: float = 1e-6,
                  test_method: str = "dopri5", gap_limit: float = PAPER_GAP_LIMIT,
-                 every: int = 50, test_factor: float = 5.0, min_test_tol: float = 1e-12,
-                 patience: int = 5):
+                 every: int = 50, test_factor: float = 5.0, tighten: float = 10.0,
+                 min_test_tol: float = 1e-12, patience: int = 5):
         Solver(method, tol=tol), Solver(test_method, tol=tol)  # validate
         _check_adapter_args(gap_limit, every)
-        if not (test_factor > 1 and min_test_tol > 0) or isinstance(patience, bool) or \
-                not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"need test_factor > 1, min_test_tol > 0 and an integer "
-                             f"patience >= 1, got {test_factor}, {min_test_tol}, {patience!r}")
+        if not (test_factor > 1 and tighten > 1 and min_test_tol > 0) or \
+                isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"need test_factor > 1, tighten > 1, min_test_tol > 0 and an "
+                             f"integer patience >= 1, got {test_factor}, {tighten}, "
+                             f"{min_test_tol}, {patience!r}")
         self.method, self.tol, self.test_method = method, tol, test_method
         self.gap_limit, self.every = float(gap_limit), every
+        self.test_factor, self.tighten = test_factor, tighten
+        self.min_test_tol, self.patience = min_test_tol, patience
         self.started = False
-        self.test_factor, self.min_test_tol, self.patience = test_factor, min_test_tol, patience
         self.log = []
         self._train_nfe = []
 
@@ -266,23 +280,30 @@ class ToleranceAdapter:
         """
         _started(self, model)
         tol = self.tol
-        entry = dict(tol=tol)
-        if len(self._train_nfe) == self.patience and len(set(self._train_nfe)) == 1:
-            entry.update(action="frozen")
-        else:
-            train = Solver(self.method, tol=tol)
-            acc_train, nfe_train = self._accuracy_and_nfe(model, x, y, train)
-            test_tol = tol / self.test_factor
+        acc_train, nfe_train = self._accuracy_and_nfe(model, x, y,
+                                                      Solver(self.method, tol=tol))
+        test_tol = tol / self.test_factor
+        acc_test, nfe_test = self._accuracy_and_nfe(
+            model, x, y, Solver(self.test_method, tol=test_tol))
+        while nfe_test <= nfe_train and test_tol / self.tighten >= self.min_test_tol:
+            test_tol /= self.tighten
             acc_test, nfe_test = self._accuracy_and_nfe(
                 model, x, y, Solver(self.test_method, tol=test_tol))
-            while nfe_test <= nfe_train and test_tol / self.test_factor >= self.min_test_tol:
-                test_tol /= self.test_factor
-                acc_test, nfe_test = self._accuracy_and_nfe(
-                    model, x, y, Solver(self.test_method, tol=test_tol))
-            action = _halve_keep_or_grow(model, x, y, acc_train, acc_test,
-                                         Solver(self.method, tol=1.1 * tol), self.gap_limit)
-            entry.update(test_tol=test_tol, acc_train=acc_train, acc_test=acc_test,
-                         nfe_train=nfe_train, nfe_test=nfe_test, action=action)
-            self.tol = {"halve": tol / 2, "keep": tol, "grow": 1.1 * tol}[action]
+        entry = dict(tol=tol, test_tol=test_tol, acc_train=acc_train, acc_test=acc_test,
+                     nfe_train=nfe_train, nfe_test=nfe_test)
+        if 100 * abs(acc_train - acc_test) > self.gap_limit:
+            action = "halve"
+        else:
+            acc_grown, nfe_grown = self._accuracy_and_nfe(
+                model, x, y, Solver(self.method, tol=1.1 * tol))
+            if 100 * abs(acc_test - acc_grown) > self.gap_limit:
+                action = "keep"
+            elif (len(self._train_nfe) == self.patience
+                  and all(n == nfe_grown for n in self._train_nfe)):
+                action = "frozen"
+            else:
+                action = "grow"
+        entry.update(action=action)
+        self.tol = {"halve": tol / 2, "keep": tol, "frozen": tol, "grow": 1.1 * tol}[action]
         self.log.append(entry)
         model.solver = Solver(self.method, tol=self.tol)

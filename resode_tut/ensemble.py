@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import stack_module_state
 
 from .node import NeuralODE
-from .node_training import NodeHistory, check_training_data
+from .node_training import NodeHistory, check_training_data, epoch_batches
 from .progress import progress as progress_bar
 from .solvers import Solver
 
@@ -196,8 +196,8 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
     batch_size : int
         Inputs per step and model.
     seeds : sequence of int, optional
-        Batch seeds, one per model (default ``0 ... K-1``); batches are drawn with
-        replacement, as by :func:`resode_tut.train_node`.
+        Batch seeds, one per model (default ``0 ... K-1``); batches come from shuffled
+        epochs, as in :func:`resode_tut.train_node`.
     adapters : sequence of StepSizeAdapter, optional
         One per model: started on a first batch of the model's generator and
         updated every ``adapter.every`` iterations on the model's current batch,
@@ -244,10 +244,11 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
         raise ValueError("step_size is None: give a step (or adapters that choose it)")
     x_train, y_train = check_training_data(data, models[0].head.out_features, iterations,
                                            batch_size, log_every)
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    batches = [epoch_batches(len(x_train), batch_size, torch.Generator().manual_seed(s))
+               for s in seeds]
     if adapters is not None:
-        for a, m, g in zip(adapters, models, gens):
-            a.start(m, x_train[torch.randint(len(x_train), (batch_size,), generator=g)])
+        for a, m, b in zip(adapters, models, batches):
+            a.start(m, x_train[next(b)])
         hs = [a.step_size for a in adapters]
     else:
         hs = ([float(step_size)] * len(models) if isinstance(step_size, (int, float))
@@ -261,8 +262,7 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
     hists = [NodeHistory() for _ in models]
     window, nfe_window = [], []
     for it in progress_bar(range(1, iterations + 1), "iterations", enabled=progress):
-        idx = torch.stack([torch.randint(len(x_train), (batch_size,), generator=g)
-                           for g in gens])
+        idx = torch.stack([next(b) for b in batches])
         logits = euler_logits(models[0], params, x_train[idx], grids)     # (K, B, C)
         losses = nn.functional.cross_entropy(logits.reshape(-1, classes), y_train[idx].flatten(),
                                              reduction="none").view(len(models), -1).mean(1)

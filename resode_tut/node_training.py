@@ -26,6 +26,30 @@ def _positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator):
+    """Batches of indices, forever: each epoch a seeded permutation of ``0 .. n-1`` cut
+    into batches of ``batch_size``, the last incomplete one dropped (the paper's data
+    loader: shuffled, ``drop_last``).
+
+    Parameters
+    ----------
+    n : int
+        Items in the data set.
+    batch_size : int
+        At most ``n``.
+    generator : torch.Generator
+        Draws the permutations.
+
+    Yields
+    ------
+    torch.Tensor, shape (batch_size,), int64
+    """
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield order[i:i + batch_size]
+
+
 def check_training_data(data, num_classes: int, iterations, batch_size, log_every):
     """``(x_train, y_train)`` of ``data`` after checking it and the loop's counts.
 
@@ -44,6 +68,10 @@ def check_training_data(data, num_classes: int, iterations, batch_size, log_ever
                         f"{type(y).__name__}: convert with torch.as_tensor(...)")
     if len(x) == 0:
         raise ValueError("x_train is empty: give at least one training input")
+    if batch_size > len(x):
+        raise ValueError(f"batch_size {batch_size} is larger than the {len(x)} training "
+                         "inputs: batches are drawn from shuffled epochs without the "
+                         "last incomplete one, so none would be left")
     if y.dim() != 1 or len(y) != len(x):
         raise ValueError(f"labels of shape {tuple(y.shape)} for {len(x)} inputs: give one "
                          f"class index per input, shape ({len(x)},) (e.g. y.view(-1))")
@@ -92,7 +120,8 @@ def train_node(model: NeuralODE, data, iterations: int, lr: float = 3e-3,
     batch_size : int
         Inputs per step.
     seed : int
-        Seeds the batches, which are drawn with replacement.
+        Seeds the batches: shuffled epochs, the last incomplete batch of each dropped
+        (:func:`epoch_batches`, the paper's data loader).
     adapter : StepSizeAdapter or ToleranceAdapter, optional
         Called every ``adapter.every`` iterations, before the optimizer step,
         on the current batch; its ``observe(nfe)``, if it has one, after every
@@ -112,14 +141,14 @@ def train_node(model: NeuralODE, data, iterations: int, lr: float = 3e-3,
                         "field as rt.NeuralODE(field, state_shape, num_classes, solver)")
     x_train, y_train = check_training_data(data, model.head.out_features, iterations,
                                            batch_size, log_every)
-    gen = torch.Generator().manual_seed(seed)
+    batches = epoch_batches(len(x_train), batch_size, torch.Generator().manual_seed(seed))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     hist = NodeHistory()
-    if adapter is not None:
-        adapter.start(model, x_train[torch.randint(len(x_train), (batch_size,), generator=gen)])
+    if adapter is not None:   # the first batch sets it up (and is not trained on), as the
+        adapter.start(model, x_train[next(batches)])   # paper's code does
     nfe0, losses = model.nfe, []
     for it in progress_bar(range(1, iterations + 1), "iterations", enabled=progress):
-        idx = torch.randint(len(x_train), (batch_size,), generator=gen)
+        idx = next(batches)
         xb, yb = x_train[idx], y_train[idx]
         nfe_before = model.nfe
         loss = nn.functional.cross_entropy(model(xb), yb)

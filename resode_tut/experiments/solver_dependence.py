@@ -31,6 +31,7 @@ from ..parallel import parallel_map
 from ..solvers import Solver
 
 __all__ = ["make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
+           "equal_or_finer",
            "ODE_GAP_LIMIT", "PAPER_GAP_LIMIT", "SeedGrid", "seed_grid", "AdaptedSeeds",
            "adapted_seeds",
            "train_runs", "Table1Config", "compute_table1"]
@@ -141,15 +142,16 @@ class SolverGrid:
         return 100 * (self.own(train) - self.accuracy[train][(test_method, "ref")])
 
     def max_gap(self, train: Solver) -> float:
-        """Largest accuracy difference (points) between any two tests of a model.
+        """Largest accuracy difference (points) between any two of a model's
+        equal-or-finer tests (:func:`equal_or_finer`).
 
         Parameters
         ----------
         train : Solver
             The model's training solver.
         """
-        vals = list(self.accuracy[train].values())
-        return 100 * (max(vals) - min(vals))
+        vals = _gap_table(self.accuracy[train])
+        return float(vals.max() - vals.min())
 
     def critical_step(self, tol: float = ODE_GAP_LIMIT):
         """``(h_ok, h_fail)``: the largest training step whose model keeps its accuracy
@@ -168,6 +170,25 @@ class SolverGrid:
             if all(ok[i:]):
                 return s.step_size, (euler[i - 1].step_size if i > 0 else None)
         return None, euler[-1].step_size if euler else None
+
+
+def equal_or_finer(key) -> bool:
+    """Whether a test key is the training solver or a solver at an equal or finer step:
+    ``("own", 1)``, ``(method, "ref")`` or ``(method, k)`` with ``k >= 1`` (step ``h/k``).
+    Only these say whether a model computes an ODE's flow; the coarser tests (``k < 1``)
+    are not evidence about it, and no gap, pick or verdict uses them.
+
+    Parameters
+    ----------
+    key : tuple
+        A test key of a grid's ``accuracy``.
+    """
+    return key[1] == "ref" or key[1] >= 1
+
+
+def _gap_table(accuracy: dict) -> np.ndarray:
+    """Accuracies (points) of the equal-or-finer tests, shape (tests, ...)."""
+    return 100 * np.asarray([v for k, v in accuracy.items() if equal_or_finer(k)])
 
 
 def _train_and_test(job):
@@ -300,14 +321,15 @@ class SeedGrid:
         return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
     def gaps(self, h: float) -> list[float]:
-        """Per seed, the largest accuracy difference (points) between any two tests.
+        """Per seed, the largest accuracy difference (points) between any two
+        equal-or-finer tests (:func:`equal_or_finer`).
 
         Parameters
         ----------
         h : float
             A training step of the grid.
         """
-        table = 100 * np.asarray(list(self.accuracy[h].values()))    # (tests, seeds)
+        table = _gap_table(self.accuracy[h])                          # (tests, seeds)
         return (table.max(0) - table.min(0)).tolist()
 
     def critical_step(self, tol: float = ODE_GAP_LIMIT):
@@ -499,8 +521,10 @@ class AdaptedSeeds:
         return _mean_std(self.accuracy[test])
 
     def gaps(self) -> list[float]:
-        """Per seed, the largest accuracy difference (points) between any two tests."""
-        table = 100 * np.asarray(list(self.accuracy.values()))
+        """Per seed, the largest accuracy difference (points) between any two
+        equal-or-finer tests (:func:`equal_or_finer`).
+        """
+        table = _gap_table(self.accuracy)
         return (table.max(0) - table.min(0)).tolist()
 
     def halvings(self) -> list[int]:

@@ -10,7 +10,6 @@ from resode_tut import (
     SphereField,
     StepSizeAdapter,
     ToleranceAdapter,
-    adaptation,
     initial_step_size,
     ode_regime,
     train_node,
@@ -77,30 +76,55 @@ def test_the_tolerance_test_is_made_more_accurate_than_training():
     assert entry["nfe_test"] > entry["nfe_train"] and entry["test_tol"] < 1e-2 / 1.2
 
 
-def test_the_tolerance_halves_grows_or_freezes_by_the_rules(monkeypatch):
+def _fake_solves(monkeypatch, acc, nfe):
+    """The adapter's solves replaced: ``acc(solver)`` and ``nfe(solver)`` decide."""
+    monkeypatch.setattr(ToleranceAdapter, "_accuracy_and_nfe",
+                        lambda self, model, x, y, solver: (acc(solver), nfe(solver)))
+
+
+def test_the_tolerance_halves_grows_or_freezes_by_the_paper_codes_rules(monkeypatch):
     data = load_task("spheres2d")
-    x, y = data[0][:128], data[1][:128]
-    model = _small_model()
-    growing = ToleranceAdapter(tol=1e-3, gap_limit=100.0)      # no gap is too large
-    growing.start(model, x)
-    growing.update(model, x, y)
-    assert growing.tol == pytest.approx(1.1e-3) and growing.log[-1]["action"] == "grow"
-    # every check finds a gap too large (the verdict is tested above and below)
-    monkeypatch.setattr(adaptation, "_halve_keep_or_grow", lambda *args: "halve")
-    halving = ToleranceAdapter(tol=1e-3)
-    halving.start(model, x)
-    halving.update(model, x, y)
-    assert halving.tol == 1e-3 / 2 and halving.log[-1]["action"] == "halve"
+    x, y, model = data[0][:128], data[1][:128], _small_model()
+    train = lambda s: s.method == "fehlberg2"
+    # the test is more accurate by 20 points: halve
+    _fake_solves(monkeypatch, lambda s: 0.7 if train(s) else 0.9,
+                 lambda s: 10 if train(s) else 30)
+    a = ToleranceAdapter(tol=1e-3)
+    a.start(model, x)
+    a.update(model, x, y)
+    assert a.tol == 1e-3 / 2 and a.log[-1]["action"] == "halve"
     assert model.solver == Solver("fehlberg2", tol=1e-3 / 2)
-    frozen = ToleranceAdapter(tol=1e-3, patience=5)
-    frozen.start(model, x)
+    # every solver agrees: grow to 1.1 tol ...
+    _fake_solves(monkeypatch, lambda s: 0.9, lambda s: 10 if train(s) else 30)
+    a = ToleranceAdapter(tol=1e-3)
+    a.start(model, x)
+    a.update(model, x, y)
+    assert a.tol == pytest.approx(1.1e-3) and a.log[-1]["action"] == "grow"
+    # ... unless the last 5 training iterations took as many evaluations as 1.1 tol would
+    a = ToleranceAdapter(tol=1e-3, patience=5)
+    a.start(model, x)
     for _ in range(5):
-        frozen.observe(14)                                   # the same count 5 times
-    frozen.update(model, x, y)
-    assert frozen.tol == 1e-3 and frozen.log[-1]["action"] == "frozen"
-    frozen.observe(20)                                       # it changed: checks resume
-    frozen.update(model, x, y)
-    assert frozen.log[-1]["action"] == "halve"
+        a.observe(10)
+    a.update(model, x, y)
+    assert a.tol == 1e-3 and a.log[-1]["action"] == "frozen"
+    # frozen blocks growth only: a failed check still halves (the paper's code)
+    _fake_solves(monkeypatch, lambda s: 0.7 if train(s) else 0.9,
+                 lambda s: 10 if train(s) else 30)
+    a.update(model, x, y)
+    assert a.log[-1]["action"] == "halve" and a.tol == 1e-3 / 2
+
+
+def test_the_test_tolerance_starts_at_a_fifth_then_tightens_tenfold(monkeypatch):
+    """The paper's code: tol/5, then /10 a round until the test takes more evaluations
+    than training."""
+    data = load_task("spheres2d")
+    x, y, model = data[0][:128], data[1][:128], _small_model()
+    _fake_solves(monkeypatch, lambda s: 0.9,
+                 lambda s: 10 if s.method == "fehlberg2" or s.tol > 1e-5 else 40)
+    a = ToleranceAdapter(tol=1e-3)
+    a.start(model, x)
+    a.update(model, x, y)
+    assert a.log[-1]["test_tol"] == pytest.approx(1e-3 / 5 / 10 / 10)
 
 
 def test_train_node_reports_each_iterations_evaluations_to_the_adapter():

@@ -66,7 +66,7 @@ def test_a_model_trains_the_same_with_or_without_neighbours():
 
 
 def test_bad_input_is_named():
-    x, y = concentric_spheres(50, 2, seed=0)
+    x, y = concentric_spheres(200, 2, seed=0)
     with pytest.raises(ValueError, match=r"step_size in \(0, 1\]"):
         train_euler_ensemble([_spheres(0)], (x, y), 1.5, 1)
     with pytest.raises(ValueError, match="step sizes for"):

@@ -189,3 +189,24 @@ def test_the_starting_step_asks_for_its_time_on_the_states_device(monkeypatch):
     x = torch.randn(4, 2, dtype=torch.float64)
     initial_step_size(lambda t, z: -z, x)
     assert asked == [x.device]
+
+
+# -- the paper's protocol (official code) -----------------------------------------------------
+
+def test_batches_are_shuffled_epochs_without_the_last_incomplete_one():
+    from resode_tut.node_training import epoch_batches
+    batches = epoch_batches(10, 4, torch.Generator().manual_seed(0))
+    first_epoch = [next(batches) for _ in range(2)]           # 10 // 4 = 2 full batches
+    seen = torch.cat(first_epoch)
+    assert len(set(seen.tolist())) == 8                      # no item twice in an epoch
+    second = torch.cat([next(batches) for _ in range(2)])
+    assert len(set(second.tolist())) == 8 and not torch.equal(seen, second)
+
+
+@pytest.mark.parametrize("h, expected", [
+    (1 / 8, 1 / 16),                  # far from the cap: halve
+    (1 / 300, 2 / 300 / (500 / 300 + 1)),   # near it: 2h / (500h + 1), i.e. 1/400
+    (1 / 500, 1 / 500),               # at it: keep
+])
+def test_a_failed_check_halves_as_the_paper_code_does_near_the_cap(h, expected):
+    assert rt.StepSizeAdapter(max_steps=500).halved(h) == pytest.approx(expected)
