@@ -7,6 +7,9 @@ and plots live apart, in :mod:`resode_tut.experiments` (never imported here).
 Residual networks as ODE solvers (Sander et al., 2022)
     :class:`ResidualStack` -- residual layers as Euler or Heun steps on [0, 1],
     optionally trained with the memory-free discrete adjoint (``adjoint=True``);
+    :mod:`resode_tut.schemes` (:class:`Scheme`, :class:`Euler`, :class:`Heun`) -- the
+    one-step schemes: grid, step, reverse step; :func:`adjoint_gradients` -- the discrete
+    adjoint as a 15-line loop (the reference for the fast backward);
     :func:`reconstruct`, :func:`reverse_step`, :class:`ReconstructionError`,
     :class:`ReconstructionWarning` -- the adjoint's backward reconstruction and its
     self-check;
@@ -37,20 +40,46 @@ Past one device (chapter 7)
     a global batch split between processes; :mod:`resode_tut.checkpoint` -- atomic,
     safely loaded training checkpoints tied to their configuration.
 """
-from . import checkpoint, datasets, distributed
-from .adaptation import StepSizeAdapter, ToleranceAdapter, initial_step_size
-from .adjoint import ReconstructionError, ReconstructionWarning, reconstruct, reverse_step
+from . import checkpoint, datasets, distributed, schemes
+from .adaptation import (
+    PAPER_GAP_LIMIT,
+    StepSizeAdapter,
+    ToleranceAdapter,
+    batch_check,
+    initial_step_size,
+)
+from .adjoint import (
+    AdjointState,
+    ReconstructionError,
+    ReconstructionWarning,
+    adjoint_gradients,
+    discrete_adjoint,
+    reconstruct,
+    reverse_step,
+)
+from .batchnorm import recalibrate_batchnorm
 from .bounds import euler_distance_bound
-from .cifar_resnet import CifarResNet, ConvResidual, recalibrate_batchnorm, untie
-from .ensemble import train_euler_ensemble
-from .limit import LIMIT_SOLVER, InterpolatedField, ode_distance, solve_limit_ode
+from .cifar_resnet import CifarResNet, ConvResidual, untie
+from .ensemble import euler_grid, euler_logits, train_euler_ensemble
+from .limit import (
+    LIMIT_SOLVER,
+    WEIGHT_PATHS,
+    InterpolatedField,
+    knot_position,
+    max_state_distance,
+    ode_distance,
+    solve_limit_ode,
+)
 from .memory import CudaPeak, SavedTensorsCounter
 from .node import ImageField, NeuralODE, SphereField
 from .node_training import NodeHistory, train_node
-from .ode_regime import RegimeReport, ode_regime
+from .ode_regime import ODE_GAP_LIMIT, RegimeReport, default_test_solvers, ode_regime
+from .parallel import default_processes, parallel_map
+from .progress import progress as progress_bar
 from .rates import loglog_slope
-from .residual_functions import TanhLayer, tanh_stack
-from .runtime import Runtime, get_mode, get_threads, seed_everything, setup
+from .residual_functions import TanhLayer, tanh_mean_weights, tanh_stack
+from .runtime import MODES, Runtime, get_mode, get_threads, seed_everything, setup
+from .schemes import Euler, Heun, Scheme, get_scheme
 from .solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, SOLVERS, Solver
 from .stack import SCHEMES, ResidualStack
 from .weights import WEIGHT_KINDS, total_variation, weight_path
@@ -59,19 +88,24 @@ __version__ = "0.2.0"
 
 __all__ = [
     # residual networks as ODE solvers
-    "ResidualStack", "SCHEMES", "reconstruct", "reverse_step", "ReconstructionError",
+    "ResidualStack", "SCHEMES", "schemes", "Scheme", "Euler", "Heun", "get_scheme",
+    "discrete_adjoint", "adjoint_gradients", "AdjointState",
+    "reconstruct", "reverse_step", "ReconstructionError",
     "ReconstructionWarning", "solve_limit_ode", "ode_distance", "InterpolatedField",
-    "LIMIT_SOLVER",
+    "LIMIT_SOLVER", "WEIGHT_PATHS", "knot_position", "max_state_distance",
+    "tanh_mean_weights",
     "euler_distance_bound", "TanhLayer", "tanh_stack", "weight_path", "total_variation",
     "WEIGHT_KINDS", "CifarResNet", "ConvResidual", "untie", "recalibrate_batchnorm",
     # Neural ODEs and their solvers
     "Solver", "SOLVERS", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "NeuralODE",
     "SphereField", "ImageField", "train_node", "NodeHistory", "train_euler_ensemble",
-    "StepSizeAdapter",
-    "ToleranceAdapter", "initial_step_size", "ode_regime", "RegimeReport",
+    "euler_grid", "euler_logits", "StepSizeAdapter",
+    "ToleranceAdapter", "initial_step_size", "batch_check", "PAPER_GAP_LIMIT", "ode_regime",
+    "RegimeReport", "default_test_solvers", "ODE_GAP_LIMIT",
     # data, measurement, set-up
     "datasets", "SavedTensorsCounter", "CudaPeak", "loglog_slope", "setup", "Runtime",
-    "get_mode", "get_threads", "seed_everything", "__version__",
+    "get_mode", "get_threads", "seed_everything", "MODES", "parallel_map",
+    "default_processes", "progress_bar", "__version__",
     # past one device
     "distributed", "checkpoint",
 ]

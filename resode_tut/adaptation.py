@@ -18,7 +18,8 @@ import torch
 from .node import NeuralODE
 from .solvers import Solver
 
-__all__ = ["initial_step_size", "StepSizeAdapter", "ToleranceAdapter", "PAPER_GAP_LIMIT"]
+__all__ = ["initial_step_size", "batch_check", "StepSizeAdapter", "ToleranceAdapter",
+           "PAPER_GAP_LIMIT"]
 
 #: The paper's batch check (its code's constant 0.1, here in points): the largest
 #: accuracy difference between the training solver and the test solver on a batch that
@@ -67,12 +68,28 @@ def initial_step_size(field, x: torch.Tensor, order: int = 1) -> float:
     return float(min(100 * h0, h1, 1.0))
 
 
-def _halve_keep_or_grow(model, x, y, acc_train: float, acc_test: float, grown: Solver,
-                        gap_limit: float) -> str:
+def batch_check(model, x, y, acc_train: float, acc_test: float, grown: Solver,
+                gap_limit: float) -> str:
     """The paper's check on a batch, given the accuracies (fractions) with the training
     and the test solver: ``"halve"`` when they differ by more than ``gap_limit`` points,
     else ``"grow"`` when the ``grown`` (cheaper) solver still agrees with the test
     solver, else ``"keep"``.
+
+    Parameters
+    ----------
+    model : NeuralODE
+    x : torch.Tensor, shape (B, ...)
+        The batch.
+    y : torch.Tensor, shape (B,)
+        Its labels.
+    acc_train : float
+        Batch accuracy with the training solver.
+    acc_test : float
+        Batch accuracy with the test solver.
+    grown : Solver
+        The training solver one step cheaper (1.1 h or 1.1 tol).
+    gap_limit : float
+        Points.
     """
     if 100 * abs(acc_train - acc_test) > gap_limit:
         return "halve"
@@ -164,7 +181,7 @@ class StepSizeAdapter:
         grown = min(1.1 * h, 1.0)
         acc_train = model.accuracy(x, y, Solver("euler", h))
         acc_test = model.accuracy(x, y, self.test_solver(h))
-        action = _halve_keep_or_grow(model, x, y, acc_train, acc_test, Solver("euler", grown),
+        action = batch_check(model, x, y, acc_train, acc_test, Solver("euler", grown),
                                      self.gap_limit)
         self.log.append(dict(step_size=h, acc_train=acc_train, acc_test=acc_test,
                              action=action))

@@ -134,6 +134,15 @@ class AdjointState:
     def report(self, error: float, tol: float, strict: bool) -> None:
         """Store the self-check ``error`` and warn (or, with ``strict``, raise) above
         ``tol``.
+
+        Parameters
+        ----------
+        error : float
+            ``||x~_0 - x_0|| / ||x_N - x_0||`` of the backward that just ended.
+        tol : float
+            The stack's ``reconstruction_tol``.
+        strict : bool
+            Raise :class:`ReconstructionError` instead of warning.
         """
         self.last_error = error
         if error <= tol:

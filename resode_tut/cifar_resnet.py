@@ -19,10 +19,9 @@ import copy
 import torch
 from torch import nn
 
-from .datasets.cifar import Cifar10, prepare
 from .stack import ResidualStack
 
-__all__ = ["ConvResidual", "CifarResNet", "untie", "recalibrate_batchnorm"]
+__all__ = ["ConvResidual", "CifarResNet", "untie"]
 
 
 class ConvResidual(nn.Module):
@@ -153,51 +152,3 @@ def _untied_stack(old: ResidualStack, depth: int, adjoint) -> ResidualStack:
                          adjoint=old.adjoint if adjoint is None else adjoint,
                          preserve_rng_state=old.preserve_rng_state,
                          reconstruction_tol=old.reconstruction_tol, strict=old.strict)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, data: Cifar10, batches: int = 10,
-                          batch: int = 256, seed: int = 0,
-                          device: str | torch.device = "cpu") -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics from training images.
-
-    A BatchNorm shared by all the steps of a tied stage sees a different input
-    distribution at every step, and its running averages fit none of them;
-    after :func:`untie` each copy needs the statistics
-    of its own step.  This resets them and averages the batch statistics of
-    ``batches`` forward passes (train mode, no gradient, no augmentation, no
-    parameter change).
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Changed in place (buffers only) and returned.
-    data : resode_tut.datasets.Cifar10
-        Training images.
-    batches : int
-        Forward passes averaged.
-    batch : int
-        Images per pass.
-    seed : int
-        Seeds the choice of images.
-    device : str or torch.device
-        Where ``model`` lives.
-
-    Returns
-    -------
-    torch.nn.Module
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the passes below
-    was_training = model.training
-    model.train()
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    for i in range(0, min(batches * batch, len(data)), batch):
-        model(prepare(data.images[idx[i:i + batch]].to(device)))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
-    return model

@@ -36,6 +36,15 @@ def knot_position(t: float, h: float, M: int) -> tuple[int, float]:
     ``0 <= w < 1``; ``w = 0`` on a knot (to 1e-9, so that a solver stepping on
     the knots sees each layer's own weights) and after the last knot, where
     ``theta`` is held constant.
+
+    Parameters
+    ----------
+    t : float
+        A time in [0, 1].
+    h : float
+        The spacing of the knots.
+    M : int
+        The number of knots.
     """
     s = max(t / h, 0.0)
     n = min(int(s + 1e-9), M - 1)
@@ -44,7 +53,13 @@ def knot_position(t: float, h: float, M: int) -> tuple[int, float]:
 
 
 def max_state_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``max_n ||a_n - b_n||`` per input for trajectories of shape (T, B, ...) -> (B,)."""
+    """``max_n ||a_n - b_n||`` per input for trajectories of shape (T, B, ...) -> (B,).
+
+    Parameters
+    ----------
+    a : torch.Tensor, shape (T, B, ...)
+    b : torch.Tensor, shape (T, B, ...)
+    """
     return (a - b).flatten(2).norm(dim=2).amax(dim=0)
 
 

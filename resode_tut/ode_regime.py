@@ -28,6 +28,11 @@ ODE_GAP_LIMIT = 3.0
 def default_test_solvers(own: Solver | None) -> list[Solver]:
     """Euler, midpoint and rk4 at the training step and 2x and 8x finer (or at 1/8, 1/32
     and 1/128 for an adaptive or unknown training solver), and dopri5 at tol 1e-7.
+
+    Parameters
+    ----------
+    own : Solver or None
+        The model's training solver, if known.
     """
     if own is not None and own.step_size is not None:
         steps = [own.step_size, own.step_size / 2, own.step_size / 8]

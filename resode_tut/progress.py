@@ -15,6 +15,16 @@ def progress(iterable, desc: str, enabled: bool = True, **kwargs):
     to anything but ``0`` (the book build and the tests do, so that bars do not
     fill the pages and logs).  The notebook flavour of tqdm ignores that
     variable by itself, hence this helper.
+
+    Parameters
+    ----------
+    iterable : iterable
+    desc : str
+        The bar's label.
+    enabled : bool
+        False: no bar.
+    **kwargs
+        Passed to tqdm.
     """
     disable = not enabled or os.environ.get("TQDM_DISABLE", "0").strip() not in ("", "0")
     return tqdm(iterable, desc=desc, disable=disable, **kwargs)

@@ -52,6 +52,15 @@ def tanh_mean_weights(seed: int, dim: int = 2, rel_noise: float = 1.0):
     ``bar W ~ N(0, 1/d)`` and ``bar b ~ N(0, 1)``; each weight's spread around
     its mean is ``rel_noise`` times that scale.
 
+    Parameters
+    ----------
+    seed : int
+        Draws the mean weights.
+    dim : int
+        ``d``.
+    rel_noise : float
+        The spread around the mean, in units of the scale.
+
     Returns
     -------
     W_bar : torch.Tensor, shape (d, d)

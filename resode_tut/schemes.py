@@ -103,7 +103,13 @@ class Scheme:
         return x
 
     def output(self, state) -> torch.Tensor:
-        """The stack's output from the state at ``t = 1`` (here the state itself)."""
+        """The stack's output from the state at ``t = 1`` (here the state itself).
+
+        Parameters
+        ----------
+        state : torch.Tensor or tuple of torch.Tensor
+            The scheme's state after the last step.
+        """
         return state
 
     # -- the step and its reverse ------------------------------------------------
@@ -126,6 +132,17 @@ class Scheme:
     def step_with_evaluations(self, f: Evaluate, n: int, x, h: float):
         """Step ``n`` and the residual-function outputs it computed, in order:
         ``(x_{n+1}, (f_k(.), ...))``.
+
+        Parameters
+        ----------
+        f : callable
+            ``f(k, x) -> f_k(x)``.
+        n : int
+            The step.
+        x : torch.Tensor, shape (B, ...)
+            ``x_n``.
+        h : float
+            The step size.
         """
         outputs = []
 

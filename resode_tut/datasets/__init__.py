@@ -9,6 +9,6 @@
 """
 from . import cifar
 from .cifar import Cifar10, cifar10
-from .small import concentric_spheres, digits, xor
+from .small import SHELLS, concentric_spheres, digits, xor
 
-__all__ = ["concentric_spheres", "xor", "digits", "cifar10", "Cifar10", "cifar"]
+__all__ = ["concentric_spheres", "SHELLS", "xor", "digits", "cifar10", "Cifar10", "cifar"]

@@ -17,7 +17,8 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from ..cifar_resnet import CifarResNet, recalibrate_batchnorm
+from ..batchnorm import recalibrate_batchnorm
+from ..cifar_resnet import CifarResNet
 from ..datasets.cifar import Cifar10, prepare
 from ..memory import CudaPeak
 from ..progress import progress

@@ -112,7 +112,23 @@ def _public_callables():
             if inspect.isclass(obj):
                 for attr, member in vars(obj).items():
                     if inspect.isfunction(member) and not attr.startswith("_"):
-                        yield f"{obj.__module__}.{obj.__qualname__}.{attr}", member
+                        yield (f"{obj.__module__}.{obj.__qualname__}.{attr}",
+                               _documented_by(obj, attr, member))
+
+
+def _documented_by(cls, attr, member):
+    """An override whose docstring is a one-line summary is documented by the base
+    method it overrides, when that one documents the same parameters."""
+    if _parameter_entries(inspect.getdoc(member) or ""):
+        return member
+    names = list(inspect.signature(member).parameters)
+    for base in cls.__mro__[1:]:
+        inherited = vars(base).get(attr)
+        if inspect.isfunction(inherited) and list(
+                inspect.signature(inherited).parameters) == names and _parameter_entries(
+                inspect.getdoc(inherited) or ""):
+            return inherited
+    return member
 
 
 @pytest.mark.parametrize("name, obj", list(_public_callables()), ids=lambda v: v
