@@ -216,32 +216,7 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
         forward field evaluations; the backward's are not field calls here).
     """
     models = list(models)
-    if not models:
-        raise ValueError("models is empty: pass at least one NeuralODE")
-    names = [[n for n, _ in m.named_parameters()] for m in models]
-    if any(n != names[0] for n in names) or any(
-            p.shape != q.shape for m in models for p, q in zip(m.parameters(),
-                                                             models[0].parameters())):
-        raise ValueError("the models differ in architecture: an ensemble needs one "
-                         "architecture with different weights")
-    seeds = list(range(len(models))) if seeds is None else list(seeds)
-    if len(seeds) != len(models):
-        raise ValueError(f"{len(seeds)} seeds for {len(models)} models: give one each")
-    if adapters is not None:
-        adapters = list(adapters)
-        if len(adapters) != len(models) or len({id(a) for a in adapters}) != len(adapters):
-            raise ValueError(f"{len(adapters)} adapters for {len(models)} models: give each "
-                             "model an adapter of its own")
-        if not all(hasattr(a, "step_size") and hasattr(a, "update") for a in adapters):
-            raise ValueError("the ensemble trains with Euler: its adapters must be "
-                             "StepSizeAdapters (adapt a tolerance with train_node)")
-        if len({a.every for a in adapters}) != 1:
-            raise ValueError("the adapters check at different intervals (every): give them "
-                             "one, the ensemble updates them together")
-        if step_size is not None:
-            raise ValueError("with adapters the step comes from them: pass step_size=None")
-    elif step_size is None:
-        raise ValueError("step_size is None: give a step (or adapters that choose it)")
+    seeds, adapters = _check_ensemble(models, step_size, seeds, adapters)
     x_train, y_train = check_training_data(data, models[0].head.out_features, iterations,
                                            batch_size, log_every)
     batches = [epoch_batches(len(x_train), batch_size, torch.Generator().manual_seed(s))
@@ -281,18 +256,57 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
             grids = _grids(hs, x_train.dtype, x_train.device)
         opt.step()
         if it % log_every == 0 or it == iterations:
-            mean = torch.stack(window).mean(0)
-            nfe = torch.stack(nfe_window).double().mean(0)
-            for k, hist in enumerate(hists):
-                hist.iteration.append(it)
-                hist.loss.append(float(mean[k]))
-                hist.solver.append(Solver("euler", hs[k]))
-                hist.nfe.append(float(nfe[k]))
+            _log(hists, it, window, nfe_window, hs)
             window, nfe_window = [], []
     _copy_back(models, params)
     for m, h in zip(models, hs):
         m.solver = Solver("euler", h)
     return hists
+
+
+def _check_ensemble(models, step_size, seeds, adapters):
+    """The seeds and adapters of :func:`train_euler_ensemble`, checked against its models
+    (one architecture, a seed and an adapter each, adapters that step Euler together, a
+    step from the caller or from the adapters but not both).
+    """
+    if not models:
+        raise ValueError("models is empty: pass at least one NeuralODE")
+    names = [[n for n, _ in m.named_parameters()] for m in models]
+    if any(n != names[0] for n in names) or any(
+            p.shape != q.shape for m in models for p, q in zip(m.parameters(),
+                                                             models[0].parameters())):
+        raise ValueError("the models differ in architecture: an ensemble needs one "
+                         "architecture with different weights")
+    seeds = list(range(len(models))) if seeds is None else list(seeds)
+    if len(seeds) != len(models):
+        raise ValueError(f"{len(seeds)} seeds for {len(models)} models: give one each")
+    if adapters is not None:
+        adapters = list(adapters)
+        if len(adapters) != len(models) or len({id(a) for a in adapters}) != len(adapters):
+            raise ValueError(f"{len(adapters)} adapters for {len(models)} models: give each "
+                             "model an adapter of its own")
+        if not all(hasattr(a, "step_size") and hasattr(a, "update") for a in adapters):
+            raise ValueError("the ensemble trains with Euler: its adapters must be "
+                             "StepSizeAdapters (adapt a tolerance with train_node)")
+        if len({a.every for a in adapters}) != 1:
+            raise ValueError("the adapters check at different intervals (every): give them "
+                             "one, the ensemble updates them together")
+        if step_size is not None:
+            raise ValueError("with adapters the step comes from them: pass step_size=None")
+    elif step_size is None:
+        raise ValueError("step_size is None: give a step (or adapters that choose it)")
+    return seeds, adapters
+
+
+def _log(hists, it, window, nfe_window, hs) -> None:
+    """One history entry per model: mean loss and Euler steps over the window."""
+    mean = torch.stack(window).mean(0)
+    nfe = torch.stack(nfe_window).double().mean(0)
+    for k, hist in enumerate(hists):
+        hist.iteration.append(it)
+        hist.loss.append(float(mean[k]))
+        hist.solver.append(Solver("euler", hs[k]))
+        hist.nfe.append(float(nfe[k]))
 
 
 def _copy_back(models, params) -> None:

@@ -107,6 +107,74 @@ class RegimeReport:
         return "\n".join(lines)
 
 
+def _check_inputs(x, y, gap_limit) -> None:
+    """Named errors for inputs no verdict can come from."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and "
+                        f"{type(y).__name__}: convert with torch.as_tensor(...)")
+    if (isinstance(gap_limit, bool) or not isinstance(gap_limit, (int, float))
+            or math.isnan(gap_limit) or gap_limit < 0):
+        raise ValueError(f"gap_limit is the largest tolerated gap in points, a number >= 0; "
+                         f"got {gap_limit!r}")
+    if len(x) == 0:
+        raise ValueError("x is empty: give at least one input")
+    if x.is_floating_point() and x.device.type != "meta" and not torch.isfinite(x).all():
+        raise ValueError("x holds NaN or infinite values: every solver would fail or agree "
+                         "on nonsense; clean the inputs first")
+    if y.dim() != 1 or len(x) != len(y):
+        raise ValueError(f"labels of shape {tuple(y.shape)} for {len(x)} inputs: give class "
+                         f"indices of shape ({len(x)},) (e.g. y.view(-1))")
+    if y.is_floating_point() or y.is_complex():
+        raise ValueError(f"labels of dtype {y.dtype}: give integer class indices")
+
+
+def _test_solvers(solvers, own):
+    """The solvers to compare (the default set, the model's own and the reference added)
+    and the reference, checked.
+    """
+    solvers = list(solvers) if solvers is not None else default_test_solvers(own)
+    if not solvers:
+        raise ValueError("solvers is empty: give the solvers to compare (or None for the "
+                         "default set), else dopri5 would only be compared with itself")
+    for s in solvers:
+        if not isinstance(s, Solver):
+            raise TypeError(f"solvers holds {s!r}, not a Solver: write e.g. "
+                            "rt.Solver('euler', step_size=1/8)")
+    if own is not None and own not in solvers:
+        solvers = [own] + solvers
+    reference = Solver("dopri5", tol=1e-7)
+    if reference not in solvers:
+        solvers.append(reference)
+    if len(set(solvers)) < 2:
+        raise ValueError(f"only one distinct solver ({solvers[0]}): a verdict needs at "
+                         "least two to compare")
+    return solvers, reference
+
+
+def _predictions(predict, solvers, y) -> dict:
+    """Predicted classes under every solver; a blow-up is a ``FloatingPointError``, labels
+    outside the model's classes a ``ValueError``.
+    """
+    preds = {}
+    with torch.no_grad():
+        for s in solvers:
+            try:
+                logits = predict(s)
+            except AssertionError as err:       # torchdiffeq: "underflow in dt ..."
+                raise FloatingPointError(
+                    f"{s} failed on these inputs ({err}): the field blows up or the inputs "
+                    "are not finite; an adaptive solver cannot find a step") from err
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError(f"{s} gives non-finite logits: the field blows up "
+                                         "on these inputs")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+                raise ValueError(f"labels from {int(y.min())} to {int(y.max())} for a model "
+                                 f"with {logits.shape[1]} classes: give indices in "
+                                 f"0..{logits.shape[1] - 1}")
+            preds[s] = logits.argmax(1)
+    return preds
+
+
 def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
                gap_limit: float = ODE_GAP_LIMIT, readout=None) -> RegimeReport:
     """Check whether a trained Neural ODE's predictions are stable across solvers.
@@ -132,18 +200,7 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
     RegimeReport
         ``print(report)`` shows the table and the verdict.
     """
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and "
-                        f"{type(y).__name__}: convert with torch.as_tensor(...)")
-    if (isinstance(gap_limit, bool) or not isinstance(gap_limit, (int, float))
-            or math.isnan(gap_limit) or gap_limit < 0):
-        raise ValueError(f"gap_limit is the largest tolerated gap in points, a number >= 0; "
-                         f"got {gap_limit!r}")
-    if len(x) == 0:
-        raise ValueError("x is empty: give at least one input")
-    if x.is_floating_point() and x.device.type != "meta" and not torch.isfinite(x).all():
-        raise ValueError("x holds NaN or infinite values: every solver would fail or agree "
-                         "on nonsense; clean the inputs first")
+    _check_inputs(x, y, gap_limit)
     if isinstance(model, NeuralODE):
         own = model.solver
         predict = lambda s: model(x, s)
@@ -154,44 +211,8 @@ def ode_regime(model, x: torch.Tensor, y: torch.Tensor, solvers=None,
         own = None
         t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)   # x's device, CUDA too
         predict = lambda s: readout(odeint(model, x, t, **s.odeint_kwargs())[-1])
-    if y.dim() != 1 or len(x) != len(y):
-        raise ValueError(f"labels of shape {tuple(y.shape)} for {len(x)} inputs: give class "
-                         f"indices of shape ({len(x)},) (e.g. y.view(-1))")
-    if y.is_floating_point() or y.is_complex():
-        raise ValueError(f"labels of dtype {y.dtype}: give integer class indices")
-    solvers = list(solvers) if solvers is not None else default_test_solvers(own)
-    if not solvers:
-        raise ValueError("solvers is empty: give the solvers to compare (or None for the "
-                         "default set), else dopri5 would only be compared with itself")
-    for s in solvers:
-        if not isinstance(s, Solver):
-            raise TypeError(f"solvers holds {s!r}, not a Solver: write e.g. "
-                            "rt.Solver('euler', step_size=1/8)")
-    if own is not None and own not in solvers:
-        solvers = [own] + solvers
-    reference = Solver("dopri5", tol=1e-7)
-    if reference not in solvers:
-        solvers.append(reference)
-    if len(set(solvers)) < 2:
-        raise ValueError(f"only one distinct solver ({solvers[0]}): a verdict needs at "
-                         "least two to compare")
-    preds = {}
-    with torch.no_grad():
-        for s in solvers:
-            try:
-                logits = predict(s)
-            except AssertionError as err:       # torchdiffeq: "underflow in dt ..."
-                raise FloatingPointError(
-                    f"{s} failed on these inputs ({err}): the field blows up or the inputs "
-                    "are not finite; an adaptive solver cannot find a step") from err
-            if not torch.isfinite(logits).all():
-                raise FloatingPointError(f"{s} gives non-finite logits: the field blows up "
-                                         "on these inputs")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
-                raise ValueError(f"labels from {int(y.min())} to {int(y.max())} for a model "
-                                 f"with {logits.shape[1]} classes: give indices in "
-                                 f"0..{logits.shape[1] - 1}")
-            preds[s] = logits.argmax(1)
+    solvers, reference = _test_solvers(solvers, own)
+    preds = _predictions(predict, solvers, y)
     ref = preds[reference]
     accuracy = {s: (p == y).double().mean().item() for s, p in preds.items()}
     disagreement = {s: (p != ref).double().mean().item() for s, p in preds.items()}
