@@ -58,7 +58,7 @@ from .adjoint import (
     reverse_step,
 )
 from .batchnorm import recalibrate_batchnorm
-from .bounds import euler_distance_bound
+from .bounds import euler_distance_bound, euler_step_terms
 from .cifar_resnet import CifarResNet, ConvResidual, untie
 from .ensemble import euler_grid, euler_logits, train_euler_ensemble
 from .limit import (
@@ -94,7 +94,8 @@ __all__ = [
     "ReconstructionWarning", "solve_limit_ode", "ode_distance", "InterpolatedField",
     "LIMIT_SOLVER", "WEIGHT_PATHS", "knot_position", "max_state_distance",
     "tanh_mean_weights",
-    "euler_distance_bound", "TanhLayer", "tanh_stack", "weight_path", "total_variation",
+    "euler_distance_bound", "euler_step_terms", "TanhLayer", "tanh_stack", "weight_path",
+    "total_variation",
     "WEIGHT_KINDS", "CifarResNet", "ConvResidual", "untie", "recalibrate_batchnorm",
     # Neural ODEs and their solvers
     "Solver", "SOLVERS", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "NeuralODE",

@@ -314,7 +314,6 @@ class _BufferTape:
 
     def __init__(self, stack, watched):
         ids = {id(b) for b in watched}
-        self.watched = watched
         self.of_function = [[b for b in _unique(f.buffers()) if id(b) in ids]
                             for f in stack.functions]
         self.states = []
