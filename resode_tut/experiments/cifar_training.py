@@ -160,19 +160,10 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     gen = torch.Generator().manual_seed(seed)
-    hist = TrainHistory()
-    first = 0
+    parts = dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+    hist, first = TrainHistory(), 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        # on the CPU: random states must stay CPU tensors; load_state_dict moves the rest
-        state = ckpt.load(checkpoint, fingerprint, map_location="cpu")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["generator"])
-        _set_random_states(state["random"], device)
-        hist = TrainHistory(**state["history"])
-        first = state["epoch"]
+        hist, first = _resume(checkpoint, fingerprint, parts, gen, device)
     images = train_data.images.to(device)
     labels = train_data.labels.to(device)
     checks = SelfCheckLog(model)
@@ -196,13 +187,29 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
             hist.notes.append(float(note))
         hist.test_accuracy.append(float(result))
         if checkpoint is not None and dist.is_main:
-            ckpt.save(checkpoint, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                "generator": gen.get_state(), "random": _random_states(device),
-                "history": dataclasses.asdict(hist)}, fingerprint)
+            _save(checkpoint, fingerprint, epoch + 1, parts, gen, device, hist)
     model.stage.adjoint = adjoint_before
     return hist
+
+
+def _resume(checkpoint, fingerprint, parts, gen, device):
+    """Restore ``parts`` (model, optimizer, scheduler, scaler: their
+    ``load_state_dict``), the batch generator and the random states from ``checkpoint``:
+    ``(history, first epoch)``."""
+    # on the CPU: random states must stay CPU tensors; load_state_dict moves the rest
+    state = ckpt.load(checkpoint, fingerprint, map_location="cpu")
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    gen.set_state(state["generator"])
+    _set_random_states(state["random"], device)
+    return TrainHistory(**state["history"]), state["epoch"]
+
+
+def _save(checkpoint, fingerprint, epoch, parts, gen, device, hist) -> None:
+    """Write what :func:`_resume` restores, after ``epoch`` epochs."""
+    ckpt.save(checkpoint, {"epoch": epoch, **{n: p.state_dict() for n, p in parts.items()},
+                           "generator": gen.get_state(), "random": _random_states(device),
+                           "history": dataclasses.asdict(hist)}, fingerprint)
 
 
 def _train_epoch(net, images, labels, order, batch, gen, dist, autocast, opt, scaler,

@@ -254,25 +254,9 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                     else Path(checkpoint_dir) / f"{phase}.pt")
 
     # 1. the tied network, and the same weights at other depths
-    tied = CifarResNet(config.pretrain_depth, config.channels, tied=True, seed=config.seed)
-    # (the shared BatchNorm's running statistics fit no single step: evaluate an untied
-    # copy with per-step statistics)
-    def tied_accuracy(model, depth=config.pretrain_depth):
-        return accuracy(_depth_copy(model, depth, device, train_data), test_data, device=device)
-
-    pre = train(tied, train_data, test_data, config.pretrain_epochs, config.pretrain_lr,
-                milestones=config.pretrain_milestones, seed=config.seed,
-                desc=f"pre-train tied N={config.pretrain_depth}", evaluate=tied_accuracy,
-                **fit("pretrain"))
-    shared_stats = accuracy(tied, test_data, device=device)
-    at_depth = {d: tied_accuracy(tied, d) for d in config.eval_depths}
-
+    tied, pretraining = _pretrain(config, train_data, test_data, device, fit)
     # the batch on which the adjoint's gradients are compared with backprop's
-    gen = torch.Generator().manual_seed(config.seed)
-    pick = torch.randperm(len(test_data), generator=gen)
-    grad_idx = pick[:config.gradient_batch]
-    x_g = prepare(test_data.images[grad_idx]).to(device)
-    y_g = test_data.labels[grad_idx].to(device)
+    pick, x_g, y_g = _gradient_batch(config, test_data, device)
 
     def adjoint_epoch_end(model):   # after each adjoint fine-tuning epoch: both numbers
         return accuracy(model, test_data, device=device), \
@@ -297,17 +281,49 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
                       during)
 
     return FinetuneResult(
-        config=config, key=key, code=code_version(),
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        config=config, key=key, code=code_version(), device=_device_name(device),
         torch=torch.__version__, data_source=train_data.source, data_id=data_id,
-        train_images=len(train_data), test_images=len(test_data),
-        pretrain=Pretraining(config.pretrain_depth, pre.test_accuracy, pre.train_loss,
-                             pre.seconds, at_depth, shared_stats),
+        train_images=len(train_data), test_images=len(test_data), pretrain=pretraining,
         depth=config.depth, finetune=curves, stage_gap=stage_gap, memory=mem,
         gradients=grads,
         seconds=time.perf_counter() - t_start, load_average=[load_start, _load_average()],
         scale=scale)
+
+
+def _pretrain(config, train_data, test_data, device, fit):
+    """Train the tied network: ``(tied, Pretraining)``, its test accuracy at the
+    training depth, with its shared BatchNorm statistics and at ``config.eval_depths``.
+    """
+    tied = CifarResNet(config.pretrain_depth, config.channels, tied=True, seed=config.seed)
+    # (the shared BatchNorm's running statistics fit no single step: evaluate an untied
+    # copy with per-step statistics)
+    def tied_accuracy(model, depth=config.pretrain_depth):
+        return accuracy(_depth_copy(model, depth, device, train_data), test_data, device=device)
+
+    pre = train(tied, train_data, test_data, config.pretrain_epochs, config.pretrain_lr,
+                milestones=config.pretrain_milestones, seed=config.seed,
+                desc=f"pre-train tied N={config.pretrain_depth}", evaluate=tied_accuracy,
+                **fit("pretrain"))
+    shared_stats = accuracy(tied, test_data, device=device)
+    at_depth = {d: tied_accuracy(tied, d) for d in config.eval_depths}
+    return tied, Pretraining(config.pretrain_depth, pre.test_accuracy, pre.train_loss,
+                             pre.seconds, at_depth, shared_stats)
+
+
+def _gradient_batch(config, test_data, device):
+    """``(pick, x, y)``: a seeded permutation of the test set and its first
+    ``config.gradient_batch`` images and labels, prepared, on ``device``."""
+    gen = torch.Generator().manual_seed(config.seed)
+    pick = torch.randperm(len(test_data), generator=gen)
+    grad_idx = pick[:config.gradient_batch]
+    return pick, prepare(test_data.images[grad_idx]).to(device), \
+        test_data.labels[grad_idx].to(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _finetune(start, config, train_data, test_data, device, fit, adjoint_epoch_end):
