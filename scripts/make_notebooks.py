@@ -329,9 +329,14 @@ def colab_cells(page: str) -> list:
     # what the shipped results of this chapter cost to recompute: their own wall times
     shipped = sorted((ROOT / "results").glob(f"ch{name[:2]}-*.json"))
     if shipped and cost.get("full") is not None:
-        extra = sum(json.loads(p.read_text())["provenance"]["seconds"] for p in shipped)
+        provs = [json.loads(p.read_text())["provenance"] for p in shipped]
+        extra = sum(prov["seconds"] for prov in provs)
+        # the runs' own loads: a run made beside other work took longer than it would alone
+        load = max((float(prov[k]) for prov in provs
+                    for k in ("load", "load_before", "load_after") if k in prov), default=0)
+        busy = f" (as run, load up to {load:.1f})" if load > 2.5 else ""
         rows.append(f"| full, recomputing the shipped results (`RESODE_RECOMPUTE=1`) | "
-                    f"{_minutes(cost['full'] + extra)} | not measured |")
+                    f"{_minutes(cost['full'] + extra)}{busy} | not measured |")
     text = (
         "**Running this chapter on Colab.** The next cell chooses the run mode: `quick` "
         "runs every experiment small (what the book's CI runs; the claims still hold and "

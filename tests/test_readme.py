@@ -47,3 +47,8 @@ def test_commands_named_in_the_readme_are_the_packages():
     for name in re.findall(r"`(rt\.\w+)", README):
         import resode_tut as rt
         assert hasattr(rt, name[3:]), f"the README names {name}, which rt does not have"
+
+
+def test_no_placeholder_is_left():
+    left = re.findall(r"\b[A-Z][A-Z0-9]*_(?:TIME|TODO|XXX)\b|\bTODO\b|\bXXX\b", README)
+    assert not left, f"the README still holds placeholders: {left}"

@@ -32,13 +32,14 @@ from .solver_dependence import (
     SolverGrid,
     Table1Config,
     adapted_seeds,
+    equal_or_finer,
     load_task,
     make_model,
     seed_grid,
     solver_grid,
     train_runs,
 )
-from .table1 import TABLE1_CONFIGS, Table1, table1
+from .table1 import STALLED, TABLE1_CONFIGS, Table1, table1
 
 __all__ = ["use_style",
            "make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
@@ -47,7 +48,42 @@ __all__ = ["use_style",
            "describe", "shipped_runs",
            "Table1Config", "TABLE1_CONFIGS", "QUICK_TABLE1",
            "train_runs", "crossing_pairs", "windermere_fan", "plot_grid", "plot_adaptation",
-           "learned_seeds", "seed_subset", "shells", "shell_accuracy", "shell_stretch"]
+           "learned_seeds", "seed_subset", "shells", "shell_accuracy", "shell_stretch",
+           "equal_or_finer", "STALLED", "PAPER_TABLE1", "official_evaluation"]
+
+#: Table 1 of Ott et al. (2021) as the paper prints it (five seeds; evaluations per
+#: iteration, accuracy mean +- std in %), quoted for the chapter to print beside its rerun.
+PAPER_TABLE1 = {
+    ("spheres 2-d", "grid search"): dict(nfe="65–129", accuracy=(98.7, 1.0)),
+    ("spheres 2-d", "step adaptation"): dict(nfe="100.5", accuracy=(98.9, 0.6)),
+    ("CIFAR-10", "grid search"): dict(nfe="17–33", accuracy=(54.7, 0.3)),
+    ("CIFAR-10", "step adaptation"): dict(nfe="21.9", accuracy=(55.0, 0.8)),
+}
+
+
+def official_evaluation(accuracy, n_test: int = 1000, batch_size: int = 128):
+    """What the paper's released ``evaluate_model`` reports for a model of test accuracy
+    ``accuracy``: it divides every batch's correct count by ``batch_size``, the last,
+    partial batch included, and averages over the batches -- the correct count over
+    ``batch_size * ceil(n_test / batch_size)``.  On 1,000 points in batches of 128 it
+    can report at most 1000/1024 = 97.7%.
+
+    Parameters
+    ----------
+    accuracy : float or array
+        True test accuracy in [0, 1] (or in %: the unit is kept).
+    n_test : int
+        Test points (the spheres: 1,000).
+    batch_size : int
+        The test loader's batch (the paper's code: 128).
+
+    Returns
+    -------
+    float or array
+        The released code's number, same unit as ``accuracy``.
+    """
+    batches = -(-n_test // batch_size)
+    return np.asarray(accuracy) * n_test / (batch_size * batches)
 
 #: The chapter's quick mode (CI): Table 1's code at seconds' scale -- two steps, two
 #: seeds, 500 iterations at lr 1e-3.  It shows the collapse at h = 1/2 and the adapter
@@ -134,24 +170,39 @@ def plot_grid(grid, axes, title: str, methods=("euler", "midpoint", "rk4")) -> N
     axes[0].set_ylabel("test accuracy (%)")
 
 
-def plot_adaptation(logs, ax, every: int = 50) -> None:
-    """The number of Euler steps ``1/h`` chosen by step-size adaptation over training,
-    one line per run, halvings marked.
+def plot_adaptation(logs, ax, every: int = 50, paper_nfe: float | None = None) -> None:
+    """The number of Euler steps ``1/h`` chosen by step-size adaptation over training:
+    up to five runs one line each with their halvings marked; more runs as thin grey
+    lines under their median.
 
     Parameters
     ----------
     logs : sequence of list of dict
-        :attr:`resode_tut.StepSizeAdapter.log` of each run.
+        :attr:`resode_tut.StepSizeAdapter.log` of each run (all of one length when
+        more than five).
     ax : matplotlib Axes
     every : int
         Iterations between the adapter's checks.
+    paper_nfe : float, optional
+        Draws the paper's mean evaluations per iteration as a dashed line.
     """
+    many = len(logs) > 5
     for k, log in enumerate(logs):
         its = every * np.arange(1, len(log) + 1)
         n = [1 / e["step_size"] for e in log]
+        if many:
+            ax.step(its, n, where="post", color="0.6", lw=0.6, alpha=0.7)
+            continue
         ax.step(its, n, where="post", color=f"C{k}", lw=1, label=f"seed {k}")
         halved = [i for i, e in enumerate(log) if e["action"] == "halve"]
         ax.plot(its[halved], np.array(n)[halved], "v", color=f"C{k}", ms=4)
+    if many:
+        n = np.array([[1 / e["step_size"] for e in log] for log in logs])
+        its = every * np.arange(1, n.shape[1] + 1)
+        ax.step(its, np.median(n, 0), where="post", color="C0", lw=2,
+                label=f"median of {len(logs)} seeds")
+    if paper_nfe is not None:
+        ax.axhline(paper_nfe, color="C3", ls="--", lw=1, label="the paper's mean NFE")
     ax.set_yscale("log", base=2)
     ax.set_xlabel("iteration")
     ax.set_ylabel("Euler steps $1/h$")

@@ -151,3 +151,18 @@ def test_shell_stretch_is_one_for_a_uniform_map_and_grows_when_the_middle_is_pul
     assert shell_stretch(x, z) == pytest.approx(20.0, rel=1e-6)
     with pytest.raises(ValueError, match="shape"):
         shell_stretch(x, z[:10])
+
+
+def test_official_evaluation_is_the_released_loop_over_batches():
+    """The released evaluate_model: per batch, correct / batch_size (the partial last batch
+    too), averaged over the batches."""
+    import numpy as np
+    from resode_tut.experiments import ch05
+    rng = np.random.default_rng(0)
+    for n, batch in ((1000, 128), (1000, 100), (300, 128), (7, 3)):
+        correct = rng.random(n) < 0.9
+        per_batch = [correct[i:i + batch].sum() / batch for i in range(0, n, batch)]
+        assert ch05.official_evaluation(correct.mean(), n, batch) == \
+            pytest.approx(np.mean(per_batch), rel=1e-12)
+    assert float(ch05.official_evaluation(1.0)) == pytest.approx(1000 / 1024)
+    assert float(ch05.official_evaluation(100.0, 1024, 128)) == 100.0   # no partial batch
