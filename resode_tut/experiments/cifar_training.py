@@ -195,7 +195,8 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
 def _resume(checkpoint, fingerprint, parts, gen, device):
     """Restore ``parts`` (model, optimizer, scheduler, scaler: their
     ``load_state_dict``), the batch generator and the random states from ``checkpoint``:
-    ``(history, first epoch)``."""
+    ``(history, first epoch)``.
+    """
     # on the CPU: random states must stay CPU tensors; load_state_dict moves the rest
     state = ckpt.load(checkpoint, fingerprint, map_location="cpu")
     for name, part in parts.items():

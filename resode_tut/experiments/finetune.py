@@ -312,7 +312,8 @@ def _pretrain(config, train_data, test_data, device, fit):
 
 def _gradient_batch(config, test_data, device):
     """``(pick, x, y)``: a seeded permutation of the test set and its first
-    ``config.gradient_batch`` images and labels, prepared, on ``device``."""
+    ``config.gradient_batch`` images and labels, prepared, on ``device``.
+    """
     gen = torch.Generator().manual_seed(config.seed)
     pick = torch.randperm(len(test_data), generator=gen)
     grad_idx = pick[:config.gradient_batch]

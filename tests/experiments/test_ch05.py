@@ -157,6 +157,7 @@ def test_official_evaluation_is_the_released_loop_over_batches():
     """The released evaluate_model: per batch, correct / batch_size (the partial last batch
     too), averaged over the batches."""
     import numpy as np
+
     from resode_tut.experiments import ch05
     rng = np.random.default_rng(0)
     for n, batch in ((1000, 128), (1000, 100), (300, 128), (7, 3)):
