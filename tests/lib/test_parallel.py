@@ -60,16 +60,34 @@ def _reciprocal(x):
 
 
 _INTERRUPTED = r"""
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
 from resode_tut.parallel import parallel_map
+
+# Ctrl-C handled as in a terminal or a kernel, even when the test runner was started
+# with SIGINT ignored (a background job of a non-interactive shell): Python keeps an
+# inherited SIG_IGN, and the script would then never see the interrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def job(i):
     Path(sys.argv[1], f"{i}.pid").write_text(str(os.getpid()))
     time.sleep(120)
 
 if __name__ == "__main__":
-    parallel_map(job, range(2), processes=2)
+    try:
+        parallel_map(job, range(2), processes=2)
+    except KeyboardInterrupt:
+        # a Jupyter kernel lives on after the interrupt: its workers must be gone by now
+        # (reaped, not zombies: os.kill(pid, 0) would find those), not at exit
+        alive = []
+        for p in Path(sys.argv[1]).glob("*.pid"):
+            try:
+                os.kill(int(p.read_text()), 0)
+                alive.append(p.stem)
+            except ProcessLookupError:
+                pass
+        print(f"workers alive after the interrupt: {alive}", file=sys.stderr)
+        raise
 """
 
 
@@ -96,6 +114,7 @@ def test_ctrl_c_stops_the_workers_within_seconds(tmp_path, to_group):
     (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert "workers alive after the interrupt: []" in err
     time.sleep(1)
     for pid in workers:
         with pytest.raises(ProcessLookupError):
