@@ -37,14 +37,14 @@ __all__ = ["Table1Config", "TABLE1_CONFIGS", "Table1", "table1", "load_table1", 
 #: The module whose code (and imports) Table 1's result is keyed on.
 COMPUTING_MODULE = "resode_tut.experiments.solver_dependence"
 
-#: ``paper``: the paper's settings (Adam lr 1e-4, batch 128, 10,000 iterations, Euler
-#: steps 1/2 ... 1/128) over fifteen seeds (the paper: five; five cannot tell a stalled
-#: seed from a setting); ``quick``: the same code in minutes; ``smoke``:
-#: seconds, to check a setup (its numbers mean nothing).
 #: Points (%): a seed whose model stays below this test accuracy with its own solver has
 #: *stalled* (the spheres' classes are 50/50: chance is 50%, a working model 97-100%).
 STALLED = 90.0
 
+#: ``paper``: the paper's settings (Adam lr 1e-4, batch 128, 10,000 iterations, Euler
+#: steps 1/2 ... 1/128) over fifteen seeds (the paper: five; five cannot tell a stalled
+#: seed from a setting); ``quick``: the same code in minutes; ``smoke``:
+#: seconds, to check a setup (its numbers mean nothing).
 TABLE1_CONFIGS = {
     "paper": Table1Config("paper", "spheres2d", tuple(1 / 2 ** k for k in range(1, 8)),
                           tuple(range(15)), 10_000, 1e-4),
