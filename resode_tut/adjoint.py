@@ -553,56 +553,89 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 "the discrete adjoint is first-order only: its backward cannot build a "
                 "graph (create_graph=True, double backward, gradient penalties). Use "
                 "adjoint=False for higher-order gradients")
-        x0, x = ctx.saved_tensors[:2]
-        x_N = x
-        stack, tape, dtypes = ctx.stack, ctx.tape, ctx.dtypes
-        plan, index, owns = _plan(stack, ctx.params)
-        borrowed = {}   # id(function) -> stack parameters it reaches but does not own
+        x0, x_N = ctx.saved_tensors[:2]
+        stack, tape = ctx.stack, ctx.tape
         # replay what the forward's evaluations saw: random states, self-updated buffers
         replay = _replayer(tape, ctx.buffers)
-        scheme, h = stack.scheme, stack.h
-        shares_first = scheme.reverse_shares_first_evaluation and replay is None
-        plain = _evaluator(stack, 0, None) if replay is None else None   # one for all steps
-        grads = [None] * len(ctx.params)
-        known = None   # Heun: (f_{n+1}(x~_{n+1}), x~_{n+1}) from the previous step
-        p = grad_out
-        x = x.detach()
         # grad mode is off here (checked above): only the re-evaluation enables it
         with torch.random.fork_rng(devices=tape.devices if tape else [],
                                    enabled=tape is not None), _autocast(ctx.autocast):
-            for n in reversed(range(stack.num_steps)):
-                functions, ps, slots, buffers = plan[n]
-                dtype = dtypes[n]   # the dtype the step's input had in forward
-                saved = [b.clone() for b in buffers] if buffers else None
-                x_in = x if x.dtype == dtype else x.to(dtype)
-                f = plain or _evaluator(stack, n, replay)
-                try:
-                    x = scheme.reverse_step(f, n, x_in, h,
-                                            known[0] if known and known[1] is x_in else None)
-                    x = x if x.dtype == dtype else x.to(dtype)
-                    if n % _CHECK_EVERY == 0 and n:   # x~_0: the self-check below
-                        _check_finite(x, n)
-                    with torch.enable_grad():
-                        x_req = x.requires_grad_(True)   # x is the loop's own tensor
-                        out, scale, add_p, ks = _vjp_target(scheme, f, n, h, x_req)
-                        extra = _borrowed(functions, ks, x_req, ps, index, owns, borrowed, n)
-                        vjp = _vjp(out, p * scale if add_p else p, (x_req, *ps, *extra))
-                finally:   # after the VJP: BatchNorm's backward checks the buffers
-                    if saved:
-                        for b, value in zip(buffers, saved):
-                            b.copy_(value)
-                x = x.detach()
-                # Heun: f_n(x~_n) is the next step's first reconstruction evaluation
-                # (f_{n+1}(x~_{n+1}) there): kept, it saves one of the six evaluations a
-                # step costs (not when random states are replayed: in forward the two
-                # evaluations drew different numbers)
-                known = (ks[0].detach(), x) if shares_first else None
-                g_x = vjp[0]   # None where f_n ignores x (Euler only): then p_n = p_{n+1}
-                if g_x is not None:
-                    p = (p if p.dtype == g_x.dtype else p.to(g_x.dtype)) + g_x if add_p else g_x
-                _accumulate(grads, slots + [index[id(q)] for q in extra], vjp[1:])
+            x, p, grads = _sweep(stack, ctx.params, replay, ctx.dtypes, x_N.detach(), grad_out)
         _self_check(stack, x, x0, x_N)
         return (p, None, None, *grads)
+
+
+def _sweep(stack, params, replay, dtypes, x, p):
+    """The adjoint recursion, from ``x~_N = x`` and ``p_N = p`` down to step 0.
+
+    Each step reconstructs ``x~_n`` with the scheme's reverse step, then takes one
+    vector-Jacobian product through the step from ``x~_n``: ``p_n`` and the step's
+    parameter gradients: :func:`adjoint_gradients`'s loop, on its fast path.
+
+    Returns
+    -------
+    x : Tensor
+        ``x~_0`` (detached), for the self-check.
+    p : Tensor
+        ``p_0``, the gradient with respect to the stack's input.
+    grads : list
+        One per ``params``: the summed step gradients, None where no step reached it.
+    """
+    plan, index, owns = _plan(stack, params)
+    borrowed = {}   # id(function) -> stack parameters it reaches but does not own
+    scheme, h = stack.scheme, stack.h
+    shares_first = scheme.reverse_shares_first_evaluation and replay is None
+    plain = _evaluator(stack, 0, None) if replay is None else None   # one for all steps
+    grads = [None] * len(params)
+    known = None   # Heun: (f_{n+1}(x~_{n+1}), x~_{n+1}) from the previous step
+    for n in reversed(range(stack.num_steps)):
+        functions, ps, slots, buffers = plan[n]
+        dtype = dtypes[n]   # the dtype the step's input had in forward
+        saved = [b.clone() for b in buffers] if buffers else None
+        x_in = x if x.dtype == dtype else x.to(dtype)
+        f = plain or _evaluator(stack, n, replay)
+        try:
+            x = _reconstruct(scheme, f, n, x_in, h, known, dtype)
+            with torch.enable_grad():
+                x_req = x.requires_grad_(True)   # x is the loop's own tensor
+                out, scale, add_p, ks = _vjp_target(scheme, f, n, h, x_req)
+                extra = _borrowed(functions, ks, x_req, ps, index, owns, borrowed, n)
+                vjp = _vjp(out, p * scale if add_p else p, (x_req, *ps, *extra))
+        finally:   # after the VJP: BatchNorm's backward checks the buffers
+            if saved:
+                for b, value in zip(buffers, saved):
+                    b.copy_(value)
+        x = x.detach()
+        # Heun: f_n(x~_n) is the next step's first reconstruction evaluation
+        # (f_{n+1}(x~_{n+1}) there): kept, it saves one of the six evaluations a
+        # step costs (not when random states are replayed: in forward the two
+        # evaluations drew different numbers)
+        known = (ks[0].detach(), x) if shares_first else None
+        p = _adjoint_update(p, vjp[0], add_p)
+        _accumulate(grads, slots + [index[id(q)] for q in extra], vjp[1:])
+    return x, p, grads
+
+
+def _reconstruct(scheme, f, n, x_in, h, known, dtype):
+    """``x~_n`` from ``x~_{n+1} = x_in`` by the scheme's reverse step, in ``dtype`` (the
+    step's forward input dtype); ``known`` is Heun's ``(f_{n+1}(x~_{n+1}), x~_{n+1})``
+    when the previous step kept it. Checked finite every ``_CHECK_EVERY`` steps.
+    """
+    x = scheme.reverse_step(f, n, x_in, h, known[0] if known and known[1] is x_in else None)
+    x = x if x.dtype == dtype else x.to(dtype)
+    if n % _CHECK_EVERY == 0 and n:   # x~_0: the self-check
+        _check_finite(x, n)
+    return x
+
+
+def _adjoint_update(p, g_x, add_p):
+    """``p_n`` from ``p_{n+1} = p`` and the step's vector-Jacobian product ``g_x`` with
+    respect to ``x~_n``: ``p + g_x`` when the target left out the identity (``add_p``),
+    else ``g_x``; ``p`` itself where ``g_x`` is None (f_n ignores x: Euler only).
+    """
+    if g_x is None:
+        return p
+    return (p if p.dtype == g_x.dtype else p.to(g_x.dtype)) + g_x if add_p else g_x
 
 
 def _borrowed(functions, ks, x_req, ps, index, owns, borrowed, n):

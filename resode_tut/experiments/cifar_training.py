@@ -156,11 +156,9 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
     model.to(device).train()
     adjoint_before, model.stage.adjoint = model.stage.adjoint, method == "adjoint"
     net = distributed.wrap(model, device, sync_batchnorm)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.1)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    parts = _optimiser(model, lr, milestones, weight_decay, amp, device)
+    opt, sched, scaler = parts["optimizer"], parts["scheduler"], parts["scaler"]
     gen = torch.Generator().manual_seed(seed)
-    parts = dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
     hist, first = TrainHistory(), 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         hist, first = _resume(checkpoint, fingerprint, parts, gen, device)
@@ -176,20 +174,39 @@ def train(model: CifarResNet, train_data: Cifar10, test_data: Cifar10, epochs: i
                              scaler, checks, desc)
         sched.step()
         checks.end_epoch(hist)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        hist.seconds.append(time.perf_counter() - t0)
-        hist.train_loss.append(distributed.all_reduce_sum([total], device)[0] / len(order))
-        result = (accuracy(model, test_data, device=device) if evaluate is None
-                  else evaluate(model))
-        if isinstance(result, tuple):
-            result, note = result
-            hist.notes.append(float(note))
-        hist.test_accuracy.append(float(result))
+        _record_epoch(hist, model, test_data, evaluate, device, t0, total, len(order))
         if checkpoint is not None and dist.is_main:
             _save(checkpoint, fingerprint, epoch + 1, parts, gen, device, hist)
     model.stage.adjoint = adjoint_before
     return hist
+
+
+def _optimiser(model, lr, milestones, weight_decay, amp, device) -> dict:
+    """The training's stateful parts, as :func:`_save` and :func:`_resume` name them:
+    the model, SGD with momentum 0.9 (and ``weight_decay``), the step schedule (/10 at
+    each of ``milestones``) and the fp16 gradient scaler (disabled unless ``amp="fp16"``).
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.1)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    return dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+
+
+def _record_epoch(hist, model, test_data, evaluate, device, t0, total, images) -> None:
+    """Append an epoch's seconds (since ``t0``; CUDA synchronised), its training loss
+    per image (``total``, this process's summed loss, summed over the processes and
+    divided by the epoch's ``images``) and its test accuracy (and note) to ``hist``.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    hist.seconds.append(time.perf_counter() - t0)
+    hist.train_loss.append(distributed.all_reduce_sum([total], device)[0] / images)
+    result = (accuracy(model, test_data, device=device) if evaluate is None
+              else evaluate(model))
+    if isinstance(result, tuple):
+        result, note = result
+        hist.notes.append(float(note))
+    hist.test_accuracy.append(float(result))
 
 
 def _resume(checkpoint, fingerprint, parts, gen, device):
