@@ -221,15 +221,7 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
                                            batch_size, log_every)
     batches = [epoch_batches(len(x_train), batch_size, torch.Generator().manual_seed(s))
                for s in seeds]
-    if adapters is not None:
-        for a, m, b in zip(adapters, models, batches):
-            a.start(m, x_train[next(b)])
-        hs = [a.step_size for a in adapters]
-    else:
-        hs = ([float(step_size)] * len(models) if isinstance(step_size, (int, float))
-              else [float(h) for h in step_size])
-        if len(hs) != len(models):
-            raise ValueError(f"{len(hs)} step sizes for {len(models)} models: give one each")
+    hs = _initial_steps(models, x_train, batches, step_size, adapters)
     grids = _grids(hs, x_train.dtype, x_train.device)
     params, _ = stack_module_state(models)          # (K, ...) leaves that require grad
     opt = torch.optim.Adam(params.values(), lr=lr)
@@ -249,10 +241,7 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
         window.append(losses.detach())
         nfe_window.append((grids > 0).sum(1))
         if adapters is not None and it % adapters[0].every == 0:
-            _copy_back(models, params)
-            for k, (a, m) in enumerate(zip(adapters, models)):
-                a.update(m, x_train[idx[k]], y_train[idx[k]])
-            hs = [a.step_size for a in adapters]
+            hs = _adapt(adapters, models, params, x_train[idx], y_train[idx])
             grids = _grids(hs, x_train.dtype, x_train.device)
         opt.step()
         if it % log_every == 0 or it == iterations:
@@ -262,6 +251,32 @@ def train_euler_ensemble(models, data, step_size, iterations: int, lr: float = 1
     for m, h in zip(models, hs):
         m.solver = Solver("euler", h)
     return hists
+
+
+def _initial_steps(models, x_train, batches, step_size, adapters) -> list[float]:
+    """Each model's first step size: its adapter's, started on the model's first batch
+    (drawn from ``batches``, so not trained on), or ``step_size`` (one, or one a model).
+    """
+    if adapters is not None:
+        for a, m, b in zip(adapters, models, batches):
+            a.start(m, x_train[next(b)])
+        return [a.step_size for a in adapters]
+    hs = ([float(step_size)] * len(models) if isinstance(step_size, (int, float))
+          else [float(h) for h in step_size])
+    if len(hs) != len(models):
+        raise ValueError(f"{len(hs)} step sizes for {len(models)} models: give one each")
+    return hs
+
+
+def _adapt(adapters, models, params, x, y) -> list[float]:
+    """Update each model's adapter on its current batch ``x[k], y[k]`` (shapes
+    ``(K, B, ...)``, ``(K, B)``) with the ensemble's current weights copied back into the
+    models first; returns the new step sizes.
+    """
+    _copy_back(models, params)
+    for k, (a, m) in enumerate(zip(adapters, models)):
+        a.update(m, x[k], y[k])
+    return [a.step_size for a in adapters]
 
 
 def _check_ensemble(models, step_size, seeds, adapters):
