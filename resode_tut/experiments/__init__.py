@@ -28,6 +28,7 @@ module                 used by
 ``plots``              chapters 1-4
 ``cache``              chapters 5 and 6 (what a stored result depends on)
 ``shipped``            chapters 5 and 6 (results shipped under results/, with provenance)
+``chunks``             chapter 5 (a long run in resumable chunks: Table 1)
 ``cli``                chapters 3 and 6 (argument types of the command lines)
 =====================  ==========================================================
 """

@@ -29,6 +29,7 @@ from ..node_training import train_node
 from ..ode_regime import ODE_GAP_LIMIT
 from ..parallel import parallel_map
 from ..solvers import Solver
+from .chunks import resumable_map
 
 __all__ = ["make_model", "TASKS", "load_task", "SolverGrid", "solver_grid", "TEST_FACTORS",
            "equal_or_finer",
@@ -654,8 +655,15 @@ class Table1Config:
     strict_gap_limit: float | None = ODE_GAP_LIMIT
 
 
-def _table_job(job):
-    return _train_seeds(job[1:]) if job[0] == "grid" else _adapt_seeds(job[1:])
+def _table_job(job) -> dict:
+    """One job of Table 1 as its JSON-able chunk: a grid step's accuracies, or an adapted
+    ensemble's step sizes, evaluations, accuracies and logs (the weights are not kept).
+    """
+    if job[0] == "grid":
+        accuracy, _ = _train_seeds(job[1:])
+        return dict(accuracy=_encode(accuracy))
+    out, _ = _adapt_seeds(job[1:])
+    return dict(out, accuracy=_encode(out["accuracy"]))
 
 
 def _encode(acc: dict) -> dict:
@@ -663,7 +671,7 @@ def _encode(acc: dict) -> dict:
     return {f"{m}|{k}": v for (m, k), v in acc.items()}
 
 
-def compute_table1(config: Table1Config, processes: int | None = None) -> dict:
+def compute_table1(config: Table1Config, processes: int | None = None, chunks=None) -> dict:
     """Run Table 1: a seed grid of Euler steps (grid search) and step-size adaptation
     (the paper's batch check and, when configured, the strict one) over the same seeds,
     the grid steps and the adapted ensembles in worker processes.
@@ -673,13 +681,18 @@ def compute_table1(config: Table1Config, processes: int | None = None) -> dict:
     config : Table1Config
     processes : int, optional
         Worker processes (default: all cores).
+    chunks : path, optional
+        A folder that keeps each job's result as it finishes
+        (:func:`resode_tut.experiments.chunks.resumable_map`): a run stopped part-way and
+        started again with the same folder runs only what is missing.
 
     Returns
     -------
     dict
         JSON-able: ``grid`` (accuracies per step and test, one per seed, and the wall
         time), ``adapted`` and ``strict`` (step sizes, evaluations, accuracies, logs),
-        ``seconds``, ``processes``.
+        ``seconds`` (over every invocation that computed a part), ``processes``,
+        ``invocations``.
     """
     cfg = dict(iterations=config.iterations, lr=config.lr, batch_size=config.batch_size,
                data_seed=0, test_methods=("euler", "midpoint", "rk4"), factors=TEST_FACTORS,
@@ -691,15 +704,12 @@ def compute_table1(config: Table1Config, processes: int | None = None) -> dict:
     adapt_cfgs = [{**cfg, "gap_limit": g} for g in limits]
     jobs = ([("adapt", config.task, seeds, c) for c in adapt_cfgs]
             + [("grid", config.task, h, seeds, cfg) for h in steps])
-    t0 = time.perf_counter()
-    results = parallel_map(_table_job, jobs, processes)
-    seconds = time.perf_counter() - t0
-    runs = [_adapted_from(config.task, seeds, c, *r, seconds)[0]
+    results, run = resumable_map(_table_job, jobs, processes, chunks)
+    seconds = run["seconds"]
+    runs = [dict(step_sizes=r["step_sizes"], nfe=r["nfe"], accuracy=r["accuracy"],
+                 logs=r["logs"], seconds=seconds, gap_limit=c["gap_limit"])
             for c, r in zip(adapt_cfgs, results)]
-    run = lambda a: None if a is None else dict(
-        step_sizes=a.step_sizes, nfe=a.nfe, accuracy=_encode(a.accuracy), logs=a.logs,
-        seconds=a.seconds, gap_limit=a.gap_limit)
-    accuracy = {repr(h): _encode(acc) for h, (acc, _) in zip(steps, results[len(adapt_cfgs):])}
-    return dict(grid=dict(accuracy=accuracy, seconds=seconds), adapted=run(runs[0]),
-                strict=run(runs[1] if len(runs) > 1 else None), seconds=seconds,
-                processes=processes or os.cpu_count() or 1)
+    accuracy = {repr(h): r["accuracy"] for h, r in zip(steps, results[len(adapt_cfgs):])}
+    return dict(grid=dict(accuracy=accuracy, seconds=seconds), adapted=runs[0],
+                strict=runs[1] if len(runs) > 1 else None, seconds=seconds,
+                processes=processes or os.cpu_count() or 1, invocations=run["invocations"])

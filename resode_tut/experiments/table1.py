@@ -8,13 +8,19 @@ configuration and on the code of :mod:`.solver_dependence` and what it imports),
 it when current, and prints it.  Command line::
 
     python -m resode_tut.experiments.table1 --config paper
+
+The run is resumable: each of its nine jobs (a grid step, an adapted ensemble) is kept
+under ``<results>/.partial/`` as it finishes (:mod:`.chunks`), so the same command run
+again after a stop (Ctrl-C, the end of a session) runs only what is missing and ends
+with the numbers of an uninterrupted run.
 """
 from __future__ import annotations
 
 import argparse
-import time
+import shutil
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -284,19 +290,36 @@ def table1(config: Table1Config | str = "paper", processes: int | None = None,
         found = load_table1(config, out_dir)
         if found is not None:
             return found
+    chunks = None
     if cache_result:
-        shipped.check_writable(out_dir)    # a bad folder fails now, not after the run
-    commit, t0 = shipped.git_commit(), time.perf_counter()
-    data = compute_table1(config, processes)
+        folder = shipped.check_writable(out_dir)    # a bad folder fails now, not after the run
+        chunks = _chunk_folder(folder, config, key)
+    commit = shipped.git_commit()
+    data = compute_table1(config, processes, chunks)
+    invocations = data.pop("invocations")
     table = Table1.from_data(config, data)
     if cache_result:
-        prov = shipped.provenance(command(config), time.perf_counter() - t0,
-                                  commit=commit, processes=data["processes"])
+        prov = shipped.provenance(command(config), data["seconds"], commit=commit,
+                                  processes=data["processes"], invocations=invocations)
         prov["load_after"] = prov.pop("load")
         result = shipped.ShippedResult(result_name(config), key, asdict(config), prov, data)
         shipped.save(result, out_dir)
         table.shipped = result
+        shutil.rmtree(chunks)                      # stored: the chunks have served
     return table
+
+
+def _chunk_folder(results: Path, config: Table1Config, key: str) -> Path:
+    """Where a run of ``config`` under code ``key`` keeps its finished jobs
+    (``<results>/.partial/<name>-<key>``): a stopped run started again resumes there.
+    Chunks of the same configuration under other code can never be used: removed.
+    """
+    partial, name = results / ".partial", result_name(config)
+    for old in (partial.iterdir() if partial.is_dir() else ()):
+        if old.is_dir() and old.name.startswith(f"{name}-") and old.name != f"{name}-{key}":
+            print(f"removing {old}: chunks of older code")
+            shutil.rmtree(old)
+    return partial / f"{name}-{key}"
 
 
 def main(argv=None) -> int:
