@@ -39,8 +39,15 @@ def _imports(name: str, path: Path) -> set[str]:
     then counts with what it imports.
     """
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return _imports_of(package, ast.parse(path.read_text(), str(path)))
+
+
+def _imports_of(package: str, tree: ast.AST) -> set[str]:
+    """The ``resode_tut`` modules that the statements of ``tree`` import, relative
+    imports read from ``package``.
+    """
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -71,6 +78,11 @@ def code_modules(module: str) -> dict[str, Path]:
         ``__init__`` of every package on the way (whose own imports count only where a
         module imports a name from that package).
     """
+    return _walk(module)[0]
+
+
+def _walk(module: str) -> tuple[dict[str, Path], set[str]]:
+    """:func:`code_modules`, and the modules whose imports were followed."""
     seen: dict[str, Path] = {}
     followed: set[str] = set()
     todo = [(module, True)]
@@ -90,7 +102,7 @@ def code_modules(module: str) -> dict[str, Path]:
         if follow:
             followed.add(name)
             todo.extend((m, True) for m in _imports(name, seen[name]))
-    return dict(sorted(seen.items()))
+    return dict(sorted(seen.items())), followed
 
 
 def code_version(module: str) -> str:
@@ -168,6 +180,30 @@ def code_key(module: str) -> str:
         The fully qualified name of the module that computes a result.
     """
     digest = hashlib.sha256()
-    for name, path in code_modules(module).items():
-        digest.update(name.encode() + b"\0" + code_tokens(path.read_text()).encode() + b"\0")
+    modules, followed = _walk(module)
+    for name, path in modules.items():
+        source = path.read_text()
+        if path.name == "__init__.py" and name not in followed:
+            source = _own_code(name, source)
+        digest.update(name.encode() + b"\0" + code_tokens(source).encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _own_code(package: str, source: str) -> str:
+    """A package ``__init__``'s source as it counts for a module that only runs it (imports
+    nothing from it): its own statements, and which modules it imports, but not which
+    names it re-exports (``from .a import f, g`` counts as ``import package.a``; ``__all__``
+    not at all). A module that imports a name from the package follows its imports and
+    counts its whole source, so a name moved from one module to another still counts.
+    """
+    lines = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ImportFrom):
+            stub = ast.Module(body=[node], type_ignores=[])
+            lines += [f"import {m}" for m in sorted(_imports_of(package, stub))]
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1
+              and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "__all__"):
+            continue
+        else:
+            lines.append(ast.get_source_segment(source, node, padded=True) or ast.unparse(node))
+    return "\n".join(lines) + "\n"

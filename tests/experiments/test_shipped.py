@@ -53,6 +53,49 @@ def test_the_key_covers_what_the_computing_module_imports():
     assert not {"resode_tut.experiments.ch06", "resode_tut.experiments.shipped"} & finetune
 
 
+INIT = '''"""A package."""
+from . import checkpoint
+from .adaptation import (
+    PAPER_GAP_LIMIT,
+    StepSizeAdapter,
+)
+__all__ = ["PAPER_GAP_LIMIT", "StepSizeAdapter"]
+SETTING = 1
+'''
+
+
+def test_a_package_init_that_is_only_run_counts_its_code_and_modules_not_its_names():
+    own = lambda src: shipped.code_tokens(cache._own_code("resode_tut", src))
+    base = own(INIT)
+    # another name re-exported from a module it imports already, another __all__: the same
+    exported = INIT.replace("    StepSizeAdapter,\n", "    StepSizeAdapter,\n    batch_check,\n")
+    assert own(exported.replace('"StepSizeAdapter"]', '"StepSizeAdapter", "batch_check"]')) == base
+    # another module imported (its import-time code runs), or its own code changed: not
+    assert own(INIT + "from .ensemble import euler_grid\n") != base
+    assert own(INIT.replace("from . import checkpoint", "from . import checkpoint, memory")) != base
+    assert own(INIT.replace("SETTING = 1", "SETTING = 2")) != base
+
+
+def test_an_export_added_to_the_library_stales_only_results_that_import_from_it(monkeypatch):
+    init = Path(cache.__file__).parents[1] / "__init__.py"
+    ch05 = Path(cache.__file__).parent / "ch05.py"
+    table, user = table1.COMPUTING_MODULE, "resode_tut.experiments.ch05"
+    assert "resode_tut" in cache.code_modules(table)       # it runs the package's __init__
+    real = Path.read_text
+    texts = {ch05: real(ch05).replace("from __future__ import annotations\n",
+                                      "from __future__ import annotations\n"
+                                      "from .. import ResidualStack\n", 1)}
+    monkeypatch.setattr(Path, "read_text",
+                        lambda self, *a, **k: texts[self] if self in texts else real(self, *a, **k))
+    assert "resode_tut.adjoint" in cache.code_modules(user)    # it follows rt's imports
+    keys = {m: cache.code_key(m) for m in (table, user)}
+    texts[init] = real(init).replace("from .memory import CudaPeak, SavedTensorsCounter",
+                                     "from .memory import CudaPeak, SavedTensorsCounter, os")
+    assert texts[init] != real(init)
+    assert cache.code_key(table) == keys[table]      # Table 1 imports no name from rt
+    assert cache.code_key(user) != keys[user]        # a module that does: stale
+
+
 def test_the_key_changes_with_configuration_data_and_extras():
     key = shipped.result_key({"a": 1}, table1.COMPUTING_MODULE)
     assert key == shipped.result_key({"a": 1}, table1.COMPUTING_MODULE)
