@@ -473,8 +473,12 @@ def _plan(stack, params):
         functions = _step_functions(stack, n)
         ps = [p for p in _unique(p for f in functions for p in f.parameters())
               if id(p) in index]
+        # buffers: also of the functions the reverse step evaluates (reversible Heun's
+        # f_n belongs to step n - 1's forward)
+        touched = functions + [stack.functions[k]
+                               for k in stack.scheme.functions_of_reverse_step(n)]
         plan.append((functions, ps, [index[id(p)] for p in ps],
-                     _unique(b for f in functions for b in f.buffers())))
+                     _unique(b for f in touched for b in f.buffers())))
     owns = {id(f): {id(p) for p in f.parameters()} for f in stack.functions}
     state.plan = (key, (plan, index, owns))
     return plan, index, owns
@@ -539,6 +543,13 @@ class _DiscreteAdjoint(torch.autograd.Function):
             tape.states = []
         if buffers is not None and not updating:
             buffers = None
+        if (random or updating) and not stack.scheme.replays_evaluations:
+            raise NotImplementedError(
+                f"scheme {stack.scheme.name!r}: the memory-free backward cannot replay "
+                f"{'random states' if random else 'self-updated buffers'} (its reverse step "
+                "evaluates each function at another step than the forward did): use "
+                "deterministic residual functions (dropout off, no spectral norm) or "
+                "adjoint=False")
         state.rng_seen, state.self_updating = random, updating
         ctx.stack, ctx.params, ctx.dtypes = stack, params, dtypes
         ctx.tape, ctx.buffers = (tape if random else None), buffers
@@ -765,13 +776,13 @@ def discrete_adjoint(stack, x: torch.Tensor) -> torch.Tensor:
         replaying, a random state per evaluation that drew random numbers).
     """
     _watch_registrations()
-    if not stack.scheme.single_tensor:
-        raise NotImplementedError(f"the discrete adjoint steps one tensor; scheme "
-                                  f"{stack.scheme.name!r} has a state of several")
     params = _stack_parameters(stack)
+    scheme = stack.scheme
+    # a state of several parts is made and read outside the adjoint, by autograd
+    state = scheme.initial_state(x)
     if (_apply_c is None or _functorch_active is None or _functorch_active()):
-        return _DiscreteAdjoint.apply(x, stack, len(params), *params)
-    return _apply_c(_unwrap_if_dead(x), stack, len(params), *params)
+        return scheme.output(_DiscreteAdjoint.apply(state, stack, len(params), *params))
+    return scheme.output(_apply_c(_unwrap_if_dead(state), stack, len(params), *params))
 
 
 # Function.apply's Python wrapper passes every argument through functorch's

@@ -23,13 +23,15 @@ tensors (:meth:`Scheme.initial_state`, :meth:`Scheme.output`).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from ._arith import add_scaled
 
-__all__ = ["Scheme", "Euler", "Heun", "SCHEMES", "get_scheme"]
+__all__ = ["Scheme", "Euler", "Heun", "Momentum", "Coupling", "ReversibleHeun", "SCHEMES",
+           "get_scheme"]
 
 #: ``f(k, x) -> f_k(x)``: how a scheme evaluates residual function ``k``.
 Evaluate = Callable[[int, torch.Tensor], torch.Tensor]
@@ -63,8 +65,14 @@ class Scheme:
     #: re-evaluation of step ``n + 1`` has just computed (Heun): it is passed as
     #: ``first`` instead of being computed again.
     reverse_shares_first_evaluation = False
-    #: The state is one tensor (the discrete adjoint steps one tensor).
-    single_tensor = True
+    #: The scheme's reverse step is the exact inverse of its step in exact arithmetic
+    #: (the memory-free backward's gradients then differ from backprop's by rounding
+    #: only); otherwise it is an approximation of order ``h^2`` or better a step.
+    exact_reverse = False
+    #: The memory-free backward replays the random states and self-updated buffers of
+    #: the forward's evaluations (a scheme whose reverse step evaluates a function that
+    #: its forward evaluated in another step sets it False: refused when random).
+    replays_evaluations = True
     #: A step evaluates the weights at both of its ends (``t_n`` and ``t_{n+1}``), not
     #: only at its start.
     samples_step_ends = False
@@ -91,6 +99,16 @@ class Scheme:
         """The residual functions step ``n`` evaluates, in the order it evaluates them."""
         raise NotImplementedError
 
+    def functions_of_reverse_step(self, n: int) -> tuple[int, ...]:
+        """The residual functions the reverse of step ``n`` evaluates (default: the
+        step's own)."""
+        return self.functions_of_step(n)
+
+    def function_features(self, features: int) -> int:
+        """The features a residual function maps, for a state of ``features`` features
+        (default: all of them)."""
+        return features
+
     def check_depth(self, M: int) -> None:
         """Raise a ``ValueError`` when ``M`` functions are too few for the scheme."""
         if M < self.min_functions:
@@ -98,16 +116,26 @@ class Scheme:
                              f"residual function(s), got {M}")
 
     # -- the state -------------------------------------------------------------
-    def initial_state(self, x: torch.Tensor):
-        """The scheme's state at ``t = 0`` for the input ``x`` (here ``x`` itself)."""
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        """The scheme's state at ``t = 0`` for the input ``x`` (here ``x`` itself).
+
+        A scheme whose state has several parts (a momentum ResNet's ``(x, v)``) keeps
+        them in one tensor, stacked along a new first dimension, so that everything
+        that steps a state (backprop, the memory-free backward) steps one tensor.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, ...)
+            The stack's input.
+        """
         return x
 
-    def output(self, state) -> torch.Tensor:
+    def output(self, state: torch.Tensor) -> torch.Tensor:
         """The stack's output from the state at ``t = 1`` (here the state itself).
 
         Parameters
         ----------
-        state : torch.Tensor or tuple of torch.Tensor
+        state : torch.Tensor
             The scheme's state after the last step.
         """
         return state
@@ -247,9 +275,252 @@ class Heun(Scheme):
         return add_scaled(x, -h / 2, torch.add(k1, k2))
 
 
+def _parts(state: torch.Tensor, count: int, name: str) -> tuple[torch.Tensor, ...]:
+    if state.dim() < 1 or state.shape[0] != count:
+        raise ValueError(f"a {name} state stacks {count} tensors along its first dimension; "
+                         f"got shape {tuple(state.shape)}")
+    return state.unbind(0)
+
+
+class Momentum(Scheme):
+    r"""A momentum ResNet (Sander, Ablin, Blondel and Peyré, ICML 2021) with the step
+    ``h`` of the other schemes: ``M`` steps of ``h = 1/M``,
+
+    ``v_{n+1} = gamma v_n + (1 - gamma) f_n(x_n)``,  ``x_{n+1} = x_n + h v_{n+1}``,
+
+    from ``v_0 = 0``; the output is ``x_N``. The official code (michaelsdr/momentumnet)
+    iterates ``x + v`` with ``f`` at the scale of a ResNet block; here ``f`` is scaled
+    by ``h`` as in every stack of this package. Reversed exactly in exact arithmetic,
+    ``x_n = x_{n+1} - h v_{n+1}``, ``v_n = [v_{n+1} - (1 - gamma) f_n(x_n)] / gamma``;
+    in floating point the division by ``gamma`` multiplies the rounding error of ``v``
+    by ``1/gamma`` a step, ``gamma^{-N}`` over the stack.
+
+    Parameters
+    ----------
+    gamma : float, optional
+        The momentum, in (0, 1), the same at every depth (the paper's networks use
+        0.9). With ``gamma`` fixed, a deeper stack tends to the first-order ODE
+        ``dx/dt = f``.
+    epsilon : float, optional
+        Instead of ``gamma``: ``gamma = 1 - h / epsilon`` at each depth, so that deeper
+        stacks discretise the same second-order ODE ``epsilon x'' + x' = f(x, t)``,
+        ``x'(0) = 0``, and ``gamma^{-N}`` stays below ``e^{1/epsilon}``; needs
+        ``h < epsilon``.
+    """
+
+    name = "momentum"
+    min_functions = 1
+    exact_reverse = True
+
+    def __init__(self, gamma: float | None = None, epsilon: float | None = None):
+        if gamma is None and epsilon is None:
+            gamma = 0.9
+        if (gamma is None) == (epsilon is None):
+            raise ValueError("give Momentum one of gamma (fixed momentum) or epsilon "
+                             "(gamma = 1 - h / epsilon), not both")
+        for label, value in (("gamma", gamma), ("epsilon", epsilon)):
+            if value is not None and not (isinstance(value, (int, float))
+                                          and math.isfinite(value)):
+                raise ValueError(f"Momentum {label} must be a finite number, got {value!r}")
+        if gamma is not None and not 0 < gamma < 1:
+            raise ValueError(f"Momentum gamma must lie in (0, 1), got {gamma}: gamma = 0 is "
+                             "a ResNet and cannot be reversed, gamma = 1 ignores f")
+        if epsilon is not None and epsilon <= 0:
+            raise ValueError(f"Momentum epsilon must be positive, got {epsilon}")
+        self.gamma = None if gamma is None else float(gamma)
+        self.epsilon = None if epsilon is None else float(epsilon)
+
+    def momentum(self, h: float) -> float:
+        """``gamma`` at step size ``h``."""
+        return self.gamma if self.epsilon is None else 1.0 - h / self.epsilon
+
+    def check_depth(self, M: int) -> None:
+        """At least one function; with ``epsilon``, ``h = 1/M < epsilon``."""
+        super().check_depth(M)
+        if self.epsilon is not None and self.step_size(M) >= self.epsilon:
+            raise ValueError(f"Momentum(epsilon={self.epsilon}) needs h = 1/M < epsilon "
+                             f"(gamma = 1 - h/epsilon > 0): {M} functions are too few, use "
+                             f"more than {math.floor(1 / self.epsilon)}")
+
+    def num_steps(self, M: int) -> int:
+        """``M``."""
+        return M
+
+    def functions_of_step(self, n: int) -> tuple[int, ...]:
+        """``(n,)``."""
+        return (n,)
+
+    def initial_state(self, x):
+        """``(x, 0)`` stacked: shape (2, B, ...)."""
+        return torch.stack([x, torch.zeros_like(x)])
+
+    def output(self, state):
+        """``x_N``, the first part."""
+        return _parts(state, 2, self.name)[0]
+
+    def step(self, f, n, x, h):
+        """``(x_n, v_n) -> (x_{n+1}, v_{n+1})``."""
+        x, v = _parts(x, 2, self.name)
+        gamma = self.momentum(h)
+        v = torch.add(torch.mul(v, gamma), f(n, x), alpha=1 - gamma)
+        return torch.stack([add_scaled(x, h, v), v])
+
+    def reverse_step(self, f, n, x, h, first=None):
+        """``x_n = x_{n+1} - h v_{n+1}``, ``v_n = [v_{n+1} - (1 - gamma) f_n(x_n)] / gamma``."""
+        x, v = _parts(x, 2, self.name)
+        gamma = self.momentum(h)
+        x = add_scaled(x, -h, v)
+        v = torch.sub(v, f(n, x), alpha=1 - gamma).div_(gamma)
+        return torch.stack([x, v])
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Momentum):
+            return (self.gamma, self.epsilon) == (other.gamma, other.epsilon)
+        return super().__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.gamma, self.epsilon))
+
+    def __repr__(self) -> str:
+        return (f"Momentum(gamma={self.gamma})" if self.epsilon is None
+                else f"Momentum(epsilon={self.epsilon})")
+
+
+class Coupling(Scheme):
+    r"""Additive coupling (RevNet: Gomez, Ren, Urtasun and Grosse, 2017) with a step
+    ``h``: the state's channels (dimension 1) split in halves ``(a, b)``, two residual
+    functions a step, ``M / 2`` steps of ``h = 2/M``,
+
+    ``a_{n+1} = a_n + h f_{2n}(b_n)``,  ``b_{n+1} = b_n + h f_{2n+1}(a_{n+1})``,
+
+    each function mapping ``C/2`` channels to ``C/2``. Reversed exactly in exact
+    arithmetic (``b_n = b_{n+1} - h f_{2n+1}(a_{n+1})``, then ``a_n``); in floating
+    point ``(b + h g) - h g`` is ``b`` up to rounding. A different model from a plain
+    ResNet: each half sees the other only. Both functions of step ``n`` sit at time
+    ``t_n = n h`` (``f_{2n+1}`` at ``t_n + h/2``, where its update lands, for weights
+    that vary in depth).
+    """
+
+    name = "coupling"
+    min_functions = 2
+    exact_reverse = True
+
+    def num_steps(self, M: int) -> int:
+        """``M / 2``."""
+        return M // 2
+
+    def check_depth(self, M: int) -> None:
+        """An even number of functions, at least two."""
+        super().check_depth(M)
+        if M % 2:
+            raise ValueError(f"scheme 'coupling' takes two residual functions a step: give "
+                             f"an even number, got {M}")
+
+    def function_times(self, M: int) -> torch.Tensor:
+        """``f_{2n}`` at ``n h``, ``f_{2n+1}`` at ``(n + 1/2) h``."""
+        return torch.arange(M, dtype=torch.float64) / 2 / self.num_steps(M)
+
+    def function_features(self, features: int) -> int:
+        """Half of them (an even count)."""
+        if features % 2:
+            raise ValueError(f"scheme 'coupling' splits the state's channels in halves: "
+                             f"give an even number, got {features}")
+        return features // 2
+
+    def functions_of_step(self, n: int) -> tuple[int, ...]:
+        """``(2n, 2n + 1)``."""
+        return (2 * n, 2 * n + 1)
+
+    def functions_of_reverse_step(self, n: int) -> tuple[int, ...]:
+        """``(2n + 1, 2n)``, in the order the reverse step evaluates them."""
+        return (2 * n + 1, 2 * n)
+
+    @staticmethod
+    def _halves(x):
+        if x.dim() < 2 or x.shape[1] % 2:
+            raise ValueError(f"scheme 'coupling' splits dimension 1 of the state in halves: "
+                             f"it needs an even size there, got shape {tuple(x.shape)}")
+        return x.chunk(2, dim=1)
+
+    def step(self, f, n, x, h):
+        """``(a, b) -> (a + h f_{2n}(b), b + h f_{2n+1}(a + h f_{2n}(b)))``."""
+        a, b = self._halves(x)
+        a = add_scaled(a, h, f(2 * n, b))
+        b = add_scaled(b, h, f(2 * n + 1, a))
+        return torch.cat([a, b], dim=1)
+
+    def reverse_step(self, f, n, x, h, first=None):
+        """``b_n = b_{n+1} - h f_{2n+1}(a_{n+1})``, ``a_n = a_{n+1} - h f_{2n}(b_n)``."""
+        a, b = self._halves(x)
+        b = add_scaled(b, -h, f(2 * n + 1, a))
+        a = add_scaled(a, -h, f(2 * n, b))
+        return torch.cat([a, b], dim=1)
+
+
+class ReversibleHeun(Scheme):
+    r"""The reversible Heun method (Kidger, Foster, Li and Lyons, ICML 2021) for the ODE:
+    ``M - 1`` steps of ``h = 1/(M - 1)`` on a state ``(y, z, F)`` -- the solution, an
+    auxiliary copy and ``F_n = f_n(z_n)`` -- from ``(x, x, 0)``:
+
+    ``z_{n+1} = 2 y_n - z_n + h F_n``,  ``F_{n+1} = f_{n+1}(z_{n+1})``,
+    ``y_{n+1} = y_n + h/2 (F_n + F_{n+1})``,
+
+    step 0 evaluating ``F_0 = f_0(z_0)`` first; one evaluation a step after the first,
+    ``M`` in all (Heun: ``2 (M - 1)``); the output is ``y_N``. Algebraically
+    reversible: ``z_n = 2 y_{n+1} - z_{n+1} - h F_{n+1}``, ``F_n = f_n(z_n)``,
+    ``y_n = y_{n+1} - h/2 (F_n + F_{n+1})``; of order 2 for ODEs. torchsde ships it for
+    SDEs (``method="reversible_heun"``).
+    """
+
+    name = "reversible_heun"
+    min_functions = 2
+    exact_reverse = True
+    samples_step_ends = True
+    # the reverse of step n evaluates f_n, which the forward evaluated in step n - 1
+    replays_evaluations = False
+
+    def num_steps(self, M: int) -> int:
+        """``M - 1``."""
+        return M - 1
+
+    def functions_of_step(self, n: int) -> tuple[int, ...]:
+        """``(0, 1)`` for step 0, then ``(n + 1,)``: ``f_n(z_n)`` is in the state."""
+        return (0, 1) if n == 0 else (n + 1,)
+
+    def functions_of_reverse_step(self, n: int) -> tuple[int, ...]:
+        """``(n,)``."""
+        return (n,)
+
+    def initial_state(self, x):
+        """``(x, x, 0)`` stacked: shape (3, B, ...)."""
+        return torch.stack([x, x, torch.zeros_like(x)])
+
+    def output(self, state):
+        """``y_N``."""
+        return _parts(state, 3, self.name)[0]
+
+    def step(self, f, n, x, h):
+        """``(y_n, z_n, F_n) -> (y_{n+1}, z_{n+1}, F_{n+1})`` (step 0: ``F_0 = f_0(z_0)``)."""
+        y, z, F = _parts(x, 3, self.name)
+        if n == 0:
+            F = f(0, z)
+        z = add_scaled(torch.sub(torch.mul(y, 2), z), h, F)
+        F_next = f(n + 1, z)
+        return torch.stack([add_scaled(y, h / 2, torch.add(F, F_next)), z, F_next])
+
+    def reverse_step(self, f, n, x, h, first=None):
+        """``(y_{n+1}, z_{n+1}, F_{n+1}) -> (y_n, z_n, F_n)`` (step 0: ``F`` part 0)."""
+        y, z, F_next = _parts(x, 3, self.name)
+        z = add_scaled(torch.sub(torch.mul(y, 2), z), -h, F_next)
+        F = f(n, z)
+        y = add_scaled(y, -h / 2, torch.add(F, F_next))
+        return torch.stack([y, z, torch.zeros_like(F) if n == 0 else F])
+
+
 #: The schemes by name.
-SCHEMES = ("euler", "heun")
-_BY_NAME = {"euler": Euler, "heun": Heun}
+SCHEMES = ("euler", "heun", "momentum", "coupling", "reversible_heun")
+_BY_NAME = {"euler": Euler, "heun": Heun, "momentum": Momentum, "coupling": Coupling,
+            "reversible_heun": ReversibleHeun}
 
 
 def get_scheme(scheme: str | Scheme) -> Scheme:

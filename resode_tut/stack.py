@@ -300,7 +300,7 @@ class ResidualStack(nn.Module):
             ``out[n]`` is ``x_n``, the state at time ``times[n]``.
         """
         self._check_input(x)
-        states = [x]
+        states = [self.scheme.initial_state(x)]
         for n in range(self.num_steps):
             states.append(self.step(n, states[-1]))
         return torch.stack(states)
