@@ -101,12 +101,14 @@ class Scheme:
 
     def functions_of_reverse_step(self, n: int) -> tuple[int, ...]:
         """The residual functions the reverse of step ``n`` evaluates (default: the
-        step's own)."""
+        step's own).
+        """
         return self.functions_of_step(n)
 
     def function_features(self, features: int) -> int:
         """The features a residual function maps, for a state of ``features`` features
-        (default: all of them)."""
+        (default: all of them).
+        """
         return features
 
     def check_depth(self, M: int) -> None:
