@@ -1,4 +1,4 @@
-r"""The memory-free discrete adjoint of a residual stack (Euler or Heun).
+r"""The memory-free discrete adjoint of a residual stack (any scheme).
 
 Forward: the stack's steps ``x_{n+1} = Phi_n(x_n)`` under ``torch.no_grad()``;
 only the output ``x_N`` is kept (and the input ``x_0``, for the self-check
@@ -18,6 +18,13 @@ below).  Backward, for ``n = N-1, ..., 0`` (Sander et al., 2022):
   ``grad theta += (d Phi_n / d theta)(x~_n)^T p_{n+1}``, both from one
   vector-Jacobian product of the step at ``x~_n``.
 
+Schemes whose reverse step is exact (:class:`~resode_tut.schemes.Momentum`,
+:class:`~resode_tut.schemes.Coupling`, :class:`~resode_tut.schemes.ReversibleHeun`;
+``scheme.exact_reverse``) run the same backward: ``x~_n`` is then ``x_n`` up to rounding
+and the gradients are backprop's up to rounding (amplified by ``1/gamma`` a step for a
+momentum ResNet). A state of several parts (momentum's ``(x, v)``) is one stacked tensor,
+made from the input and read into the output by autograd around the adjoint.
+
 Memory for the residual part is O(1) in depth; the price is evaluating every
 step twice more (reconstruction and re-evaluation), i.e. about 5/3 of
 backprop's work if a vector-Jacobian product costs two evaluations.  (Heun's
@@ -33,7 +40,9 @@ resode_tut.experiments.ch03 adjoint --methods adjoint`` measures it).
 
 What backward guarantees (each one tested against plain backprop):
 
-* **Randomness** (dropout, ``torch.randn_like``): with
+* **Randomness** (dropout, ``torch.randn_like``; every scheme but reversible Heun,
+  whose reverse step evaluates ``f_n`` where its forward evaluated it in step ``n - 1``:
+  refused there with a named error): with
   ``stack.preserve_rng_state`` (the default) every re-evaluation replays the
   random state the same function had at the same step in forward (CPU and CUDA
   generators), so gradients are backprop's with the same masks, and the global
@@ -83,9 +92,10 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from ._arith import all_finite
+from ._arith import add_scaled, all_finite
 
-__all__ = ["discrete_adjoint", "adjoint_gradients", "reverse_step", "reconstruct",
+__all__ = ["discrete_adjoint", "adjoint_gradients", "one_evaluation_adjoint_gradients",
+           "reverse_step", "reconstruct",
            "AdjointState",
            "ReconstructionError", "ReconstructionWarning"]
 
@@ -255,6 +265,8 @@ def adjoint_gradients(stack, x_N: torch.Tensor, p_N: torch.Tensor):
         ``dL/dx_0`` and one gradient per parameter of ``stack.parameters()`` that requires
         grad.  On float64 they are bitwise the fast backward's (a test checks it).
     """
+    if stack.scheme.linearises_reverse_step:          # chapter 8's one-evaluation variant
+        return one_evaluation_adjoint_gradients(stack, x_N, p_N)
     params = [q for q in stack.parameters() if q.requires_grad]
     grads = [torch.zeros_like(q) for q in params]
     scheme, h, f = stack.scheme, stack.h, stack.evaluate
@@ -268,6 +280,42 @@ def adjoint_gradients(stack, x_N: torch.Tensor, p_N: torch.Tensor):
         p, *g = torch.autograd.grad(x_next, [x, *params], p, allow_unused=True)
         grads = [a if b is None else a + b for a, b in zip(grads, g)]   # sum over steps
         x = x.detach()
+    return p, grads
+
+
+def one_evaluation_adjoint_gradients(stack, x_N: torch.Tensor, p_N: torch.Tensor):
+    """The one-evaluation Euler adjoint (``Euler(one_evaluation=True)``) as chapter 8
+    writes it: one evaluation ``k = f_n(x~_{n+1})`` a step, which both reconstructs
+    ``x~_n = x~_{n+1} - h k`` and gives the product ``p_n = p_{n+1} + h (dk/dx)^T
+    p_{n+1}``; the reference for the fast backward.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+        An Euler stack.
+    x_N : torch.Tensor, shape (B, ...)
+        The stack's output.
+    p_N : torch.Tensor, shape (B, ...)
+        ``dL/dx_N``.
+
+    Returns
+    -------
+    (p_0, grads)
+        As :func:`adjoint_gradients`; on float64 bitwise the fast backward's.
+    """
+    if stack.scheme != "euler":
+        raise ValueError(f"the one-evaluation adjoint is Euler's, got scheme {stack.scheme!r}")
+    params = [q for q in stack.parameters() if q.requires_grad]
+    grads = [torch.zeros_like(q) for q in params]
+    h, f = stack.h, stack.evaluate
+    x, p = x_N.detach(), p_N
+    for n in reversed(range(stack.num_steps)):
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            k = f(n, x)                               # f_n(x~_{n+1}), with its graph
+        g_x, *g = torch.autograd.grad(k, [x, *params], p * h, allow_unused=True)
+        x, p = add_scaled(x.detach(), -h, k.detach()), p + g_x
+        grads = [a if b is None else a + b for a, b in zip(grads, g)]
     return p, grads
 
 
@@ -599,6 +647,7 @@ def _sweep(stack, params, replay, dtypes, x, p):
     plain = _evaluator(stack, 0, None) if replay is None else None   # one for all steps
     grads = [None] * len(params)
     known = None   # Heun: (f_{n+1}(x~_{n+1}), x~_{n+1}) from the previous step
+    one_evaluation = scheme.linearises_reverse_step
     for n in reversed(range(stack.num_steps)):
         functions, ps, slots, buffers = plan[n]
         dtype = dtypes[n]   # the dtype the step's input had in forward
@@ -606,12 +655,17 @@ def _sweep(stack, params, replay, dtypes, x, p):
         x_in = x if x.dtype == dtype else x.to(dtype)
         f = plain or _evaluator(stack, n, replay)
         try:
-            x = _reconstruct(scheme, f, n, x_in, h, known, dtype)
+            if not one_evaluation:
+                x = _reconstruct(scheme, f, n, x_in, h, known, dtype)
             with torch.enable_grad():
-                x_req = x.requires_grad_(True)   # x is the loop's own tensor
+                # x (or x_in, linearised at the step's end) is the loop's own tensor
+                x_req = (x_in if one_evaluation else x).requires_grad_(True)
                 out, scale, add_p, ks = _vjp_target(scheme, f, n, h, x_req)
                 extra = _borrowed(functions, ks, x_req, ps, index, owns, borrowed, n)
                 vjp = _vjp(out, p * scale if add_p else p, (x_req, *ps, *extra))
+            if one_evaluation:   # x~_n from the evaluation the product was taken of
+                x = _finish_reconstruction(add_scaled(x_in.detach(), -h, out.detach()), n,
+                                           dtype)
         finally:   # after the VJP: BatchNorm's backward checks the buffers
             if saved:
                 for b, value in zip(buffers, saved):
@@ -633,6 +687,11 @@ def _reconstruct(scheme, f, n, x_in, h, known, dtype):
     when the previous step kept it. Checked finite every ``_CHECK_EVERY`` steps.
     """
     x = scheme.reverse_step(f, n, x_in, h, known[0] if known and known[1] is x_in else None)
+    return _finish_reconstruction(x, n, dtype)
+
+
+def _finish_reconstruction(x, n, dtype):
+    """``x~_n`` cast to ``dtype``, checked finite every ``_CHECK_EVERY`` steps."""
     x = x if x.dtype == dtype else x.to(dtype)
     if n % _CHECK_EVERY == 0 and n:   # x~_0: the self-check
         _check_finite(x, n)

@@ -57,7 +57,7 @@ def tanh_mean_weights(seed: int, dim: int = 2, rel_noise: float = 1.0):
     seed : int
         Draws the mean weights.
     dim : int
-        ``d``.
+        ``d``, the state's features (a coupling stack's functions map ``d/2``).
     rel_noise : float
         The spread around the mean, in units of the scale.
 
@@ -97,12 +97,13 @@ def tanh_stack(depth: int, weights: str = "smooth", seed: int = 0, dim: int = 2,
     weights : {"smooth", "iid"}
     seed : int
     dim : int
-        ``d``.
+        ``d``, the state's features (a coupling stack's functions map ``d/2``).
     rel_noise : float
         Standard deviation of each weight around its mean, in units of its scale.
     num_modes : int
         Fourier modes of a smooth path.
-    scheme : {"euler", "heun"} or Scheme
+    scheme : str or Scheme
+        A name in :data:`resode_tut.schemes.SCHEMES` or a scheme.
     dtype : torch.dtype
 
     Returns
@@ -112,17 +113,18 @@ def tanh_stack(depth: int, weights: str = "smooth", seed: int = 0, dim: int = 2,
     for name, value in (("depth", depth), ("dim", dim), ("num_modes", num_modes)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    W_bar, b_bar, sigma_W, sigma_b = tanh_mean_weights(seed, dim, rel_noise)
-    theta_bar = torch.cat([W_bar.flatten(), b_bar])  # parameter order of TanhLayer
-    sigma = torch.cat([sigma_W.flatten(), sigma_b])
     scheme = get_scheme(scheme)
     scheme.check_depth(depth)
+    width = scheme.function_features(dim)      # coupling: each function maps half
+    W_bar, b_bar, sigma_W, sigma_b = tanh_mean_weights(seed, width, rel_noise)
+    theta_bar = torch.cat([W_bar.flatten(), b_bar])  # parameter order of TanhLayer
+    sigma = torch.cat([sigma_W.flatten(), sigma_b])
     times = scheme.function_times(depth)
     theta = weight_path(weights, times, theta_bar, sigma,
                         seed=seed + 1_000_003, num_modes=num_modes).to(dtype)
     functions = []
     for theta_n in theta:
-        f = TanhLayer(dim).to(dtype)
+        f = TanhLayer(width).to(dtype)
         vector_to_parameters(theta_n, f.parameters())
         functions.append(f)
     return ResidualStack(functions, scheme=scheme)

@@ -2,9 +2,10 @@
 
 The module holds :class:`ResidualStack`, the object every chapter builds on: a
 sequence of residual functions ``f_0, ..., f_{M-1}`` applied with a one-step scheme
-(:mod:`resode_tut.schemes`: Euler or Heun).  Depth and step size are tied (``h = 1/M``
-or ``1/(M-1)``) so that a deeper stack is a finer discretisation of the same time
-interval, which is the scaling of Sander et al. (2022).
+(:mod:`resode_tut.schemes`: Euler, Heun, a momentum ResNet, additive coupling,
+reversible Heun).  Depth and step size are tied (``h = 1/M``, ``1/(M-1)``, ``2/M``) so
+that a deeper stack is a finer discretisation of the same time interval, which is the
+scaling of Sander et al. (2022).
 """
 from __future__ import annotations
 
@@ -43,14 +44,20 @@ class ResidualStack(nn.Module):
         those layers.  ``f_n`` is the residual function at time
         ``t_n = n h`` (see ``scheme``): it samples a weight path
         ``theta(t)`` at ``t_n``.
-    scheme : {"euler", "heun"} or Scheme
-        A name or a :class:`~resode_tut.schemes.Scheme`.
+    scheme : str or Scheme
+        A name in :data:`~resode_tut.schemes.SCHEMES` or a
+        :class:`~resode_tut.schemes.Scheme`.
         ``"euler"``: ``M`` steps of size ``h = 1/M``,
         ``x_{n+1} = x_n + h f_n(x_n)``.
         ``"heun"``: ``M - 1`` steps of size ``h = 1/(M - 1)``; step ``n`` uses
         ``f_n`` at its start and ``f_{n+1}`` at its end,
         ``x_{n+1} = x_n + h/2 [f_n(x_n) + f_{n+1}(x_n + h f_n(x_n))]``.
         Both schemes end at ``t = 1``.  Heun needs at least two functions.
+        ``"momentum"``, ``"coupling"``, ``"reversible_heun"``: schemes whose
+        reverse step is exact (:class:`~resode_tut.schemes.Momentum`,
+        :class:`~resode_tut.schemes.Coupling`,
+        :class:`~resode_tut.schemes.ReversibleHeun`), so that ``adjoint=True``
+        gives backprop's gradients up to rounding.
     adjoint : bool
         Compute gradients with the memory-free discrete adjoint
         (:mod:`resode_tut.adjoint`) instead of backpropagation: the forward
