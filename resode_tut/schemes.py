@@ -539,16 +539,16 @@ class ReversibleHeun(Scheme):
         """``(y_n, z_n, F_n) -> (y_{n+1}, z_{n+1}, F_{n+1})`` (step 0: ``F_0 = f_0(z_0)``)."""
         y, z, F = _parts(x, 3, self.name)
         if n == 0:
-            F = f(0, z)
+            F = f(0, z).to(y.dtype)
         z = add_scaled(torch.sub(torch.mul(y, 2), z), h, F)
-        F_next = f(n + 1, z)
+        F_next = f(n + 1, z).to(y.dtype)   # as the state keeps it: the reverse reads it so
         return torch.stack([add_scaled(y, h / 2, torch.add(F, F_next)), z, F_next])
 
     def reverse_step(self, f, n, x, h, first=None):
         """``(y_{n+1}, z_{n+1}, F_{n+1}) -> (y_n, z_n, F_n)`` (step 0: ``F`` part 0)."""
         y, z, F_next = _parts(x, 3, self.name)
         z = add_scaled(torch.sub(torch.mul(y, 2), z), -h, F_next)
-        F = f(n, z)
+        F = f(n, z).to(y.dtype)
         y = add_scaled(y, -h / 2, torch.add(F, F_next))
         return torch.stack([y, z, torch.zeros_like(F) if n == 0 else F])
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..progress import progress as progress_bar
+from ..schemes import get_scheme
 from ..stack import ResidualStack
 from .history import SelfCheckLog, TrainHistory
 
@@ -61,7 +62,9 @@ class ResidualClassifier(nn.Module):
         Number of residual functions ``M``.
     gain : float
         Initial scale of the residual functions (:class:`MLPBlock`).
-    scheme : {"euler", "heun"}
+    scheme : str or Scheme
+        Any scheme of :mod:`resode_tut.schemes` (a coupling stage's blocks map
+        ``dim / 2`` features).
     adjoint : bool
         Train the residual stage with the memory-free adjoint.
     tied_init : bool
@@ -80,7 +83,8 @@ class ResidualClassifier(nn.Module):
                  gain: float = 1.0, tied_init: bool = False, fixed_ends: bool = False):
         super().__init__()
         self.embed = nn.Linear(in_features, dim)
-        blocks = [MLPBlock(dim, width, gain) for _ in range(depth)]
+        features = get_scheme(scheme).function_features(dim)   # coupling: half of dim
+        blocks = [MLPBlock(features, width, gain) for _ in range(depth)]
         if tied_init:
             blocks = [blocks[0]] + [copy.deepcopy(blocks[0]) for _ in range(depth - 1)]
         self.stage = ResidualStack(blocks, scheme=scheme, adjoint=adjoint)

@@ -34,6 +34,7 @@ from ..residual_functions import tanh_stack
 from ..stack import ResidualStack
 
 __all__ = ["METHODS", "forward_with", "gradients", "layer_errors", "saved_bytes", "floor_step",
+           "backward_step",
            "interleaved_times", "paired_ratio", "cuda_peak_mib", "relative_error",
            "adjoint_error_sweep"]
 
@@ -89,7 +90,8 @@ def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Te
     Parameters
     ----------
     stack : ResidualStack
-        Euler or Heun (its own ``adjoint`` flag is ignored).
+        Any scheme (its own ``adjoint`` flag is ignored); ``"odeint_adjoint"``
+        needs one with a torchdiffeq counterpart (Euler, Heun).
     x : torch.Tensor, shape (B, ...)
     method : {"backprop", "checkpoint", "odeint_adjoint", "adjoint"}
 
@@ -99,17 +101,23 @@ def forward_with(stack: ResidualStack, x: torch.Tensor, method: str) -> torch.Te
     """
     if method not in METHODS:
         raise ValueError(f"unknown gradient method {method!r}: choose one of {METHODS}")
+    scheme = stack.scheme
     if method == "backprop":
+        state = scheme.initial_state(x)
         for n in range(stack.num_steps):
-            x = stack.step(n, x)
-        return x
+            state = stack.step(n, state)
+        return scheme.output(state)
     if method == "checkpoint":
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)  # reentrant checkpoint needs it
+        state = scheme.initial_state(x)
         for n in range(stack.num_steps):
-            x = checkpoint(stack.step, n, x, use_reentrant=True)
-        return x
+            state = checkpoint(stack.step, n, state, use_reentrant=True)
+        return scheme.output(state)
     if method == "odeint_adjoint":
+        if not scheme.torchdiffeq_method:
+            raise ValueError(f"scheme {scheme.name!r} has no torchdiffeq counterpart: "
+                             "odeint_adjoint compares with Euler and Heun stacks")
         params = tuple(p for p in stack.parameters() if p.requires_grad)
         t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
         # the same scheme in torchdiffeq; a scheme that samples the weights at both ends
@@ -243,7 +251,7 @@ def cuda_peak_mib(stack: ResidualStack, x: torch.Tensor, method: str) -> float:
     return peak.mib
 
 
-def floor_step(stack: ResidualStack, x: torch.Tensor) -> None:
+def floor_step(stack: ResidualStack, x: torch.Tensor, forwards: int = 2) -> None:
     """What the discrete adjoint must at least do: two forward passes without a graph
     (the forward, and the reconstruction's evaluations) and one backprop step (the
     re-evaluations with their vector-Jacobian products).  Its time is the adjoint's
@@ -253,18 +261,36 @@ def floor_step(stack: ResidualStack, x: torch.Tensor) -> None:
     ----------
     stack : ResidualStack
     x : torch.Tensor, shape (B, ...)
+    forwards : int
+        Forward passes without a graph: 2 for the adjoint that reconstructs and then
+        re-evaluates; 1 for a backward whose one evaluation a step serves both
+        (``Euler(one_evaluation=True)``), for checkpointing and for the continuous
+        adjoint.
     """
     with torch.no_grad():
-        for _ in range(2):
-            y = x
+        for _ in range(forwards):
+            y = stack.scheme.initial_state(x)
             for n in range(stack.num_steps):
                 y = stack.step(n, y)
     _loss(forward_with(stack, x, "backprop")).backward()
 
 
-def _one_step(stack, x, method):
+def backward_step(stack: ResidualStack, x: torch.Tensor, method: str) -> None:
+    """One forward and backward pass of a fixed linear loss with ``method`` (gradients
+    accumulate in ``.grad``), or a floor: what :func:`interleaved_times` times.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x : torch.Tensor, shape (B, ...)
+    method : str
+        One of :data:`METHODS`, ``"floor"`` or ``"floor1"`` (:func:`floor_step` with
+        two or one graph-free forwards).
+    """
     if method == "floor":
         floor_step(stack, x)
+    elif method == "floor1":
+        floor_step(stack, x, forwards=1)
     else:
         _loss(forward_with(stack, x, method)).backward()
 
@@ -281,7 +307,8 @@ def interleaved_times(stack: ResidualStack, x: torch.Tensor, methods, repeats: i
     stack : ResidualStack
     x : torch.Tensor, shape (B, ...)
     methods : sequence of str
-        Names from :data:`METHODS`, and ``"floor"`` (:func:`floor_step`).
+        Names from :data:`METHODS`, and ``"floor"`` (:func:`floor_step`) or
+        ``"floor1"`` (its one-forward version).
     repeats : int
         Rounds, after one warm-up round.
 
@@ -298,7 +325,7 @@ def interleaved_times(stack: ResidualStack, x: torch.Tensor, methods, repeats: i
             if x.is_cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            _one_step(stack, x, m)
+            backward_step(stack, x, m)
             if x.is_cuda:
                 torch.cuda.synchronize()
             if r:

@@ -1,0 +1,278 @@
+r"""Chapter 8's benchmark: every way to train a deep residual stack without keeping its
+activations, on one network family, one machine, one table (the code chapter 8's shipped
+benchmark is keyed on; :mod:`.ch08` loads, prints and plots it).
+
+For tanh stacks (:func:`resode_tut.tanh_stack`, smooth weights, seed-fixed) at each depth,
+width and precision, one run measures for each method of :data:`BENCHMARK`:
+
+* ``grad_error`` -- the relative error of its float32 (or bf16-autocast) gradient against
+  float64 backprop *of the same architecture* (a momentum or coupling stack is another
+  model than a plain ResNet: each is compared with itself), and ``backprop_error``, that
+  architecture's own float32 backprop error, the rounding floor;
+* ``drift`` -- for the memory-free methods, ``||x~_0 - x_0|| / ||x_0||``: the input
+  rebuilt from the output alone by the scheme's reverse steps, at the run's precision;
+* ``failed`` -- the memory-free backward raised a
+  :class:`~resode_tut.ReconstructionError` (a reconstruction that overflowed: a momentum
+  ResNet at fixed ``gamma`` and large depth); its error is then ``inf`` and it is not
+  timed;
+* ``mib`` -- bytes kept for backward (:class:`resode_tut.SavedTensorsCounter`), MiB;
+* ``ms``, ``x_backprop``, ``x_floor`` -- wall time of a forward + backward step, and the
+  paired ratios (median and quartiles over interleaved rounds, as chapter 3 times) to the
+  same architecture's backprop and to the method's own floor: the evaluations it cannot
+  avoid, two graph-free forwards and a backprop step for a backward that reconstructs
+  and then re-evaluates, one graph-free forward and a backprop step for one whose
+  evaluation a step serves both (the one-evaluation adjoint, checkpointing, the
+  continuous adjoint).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..adjoint import ReconstructionError, ReconstructionWarning
+from ..progress import progress
+from ..residual_functions import tanh_stack
+from ..schemes import Coupling, Euler, Heun, Momentum, ReversibleHeun
+from .gradient_methods import (
+    backward_step,
+    gradients,
+    paired_ratio,
+    relative_error,
+    saved_bytes,
+)
+
+__all__ = ["Method", "BENCHMARK", "BenchmarkConfig", "BENCHMARK_CONFIGS", "run_benchmark",
+           "drift"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the benchmark: an architecture (scheme) and how it is differentiated.
+
+    Attributes
+    ----------
+    label : str
+    scheme : str
+        A key of :data:`ARCHITECTURES`.
+    gradient : str
+        ``"backprop"``, ``"checkpoint"``, ``"adjoint"`` (the stack's memory-free
+        backward) or ``"odeint_adjoint"``.
+    floor : str or None
+        ``"floor"`` (two graph-free forwards and a backprop step), ``"floor1"`` (one),
+        or None for backprop, its own floor.
+    """
+
+    label: str
+    scheme: str
+    gradient: str
+    floor: str | None
+
+
+#: The architectures, by the name the rows use.
+ARCHITECTURES = {
+    "euler": Euler, "heun": Heun,
+    "euler_one_eval": lambda: Euler(one_evaluation=True),
+    "momentum": lambda: Momentum(0.9),
+    "momentum_scaled": lambda: Momentum(epsilon=1.0),
+    "coupling": Coupling, "reversible_heun": ReversibleHeun,
+}
+
+#: The rows, in the order of the chapter's table.
+BENCHMARK = (
+    Method("backprop", "euler", "backprop", None),
+    Method("checkpoint per block", "euler", "checkpoint", "floor1"),
+    Method("adjoint, Euler (Sander et al.)", "euler", "adjoint", "floor"),
+    Method("adjoint, Heun (Sander et al.)", "heun", "adjoint", "floor"),
+    Method("one-evaluation adjoint, Euler", "euler_one_eval", "adjoint", "floor1"),
+    Method("momentum, gamma = 0.9", "momentum", "adjoint", "floor"),
+    Method("momentum, gamma = 1 - h", "momentum_scaled", "adjoint", "floor"),
+    Method("coupling (RevNet)", "coupling", "adjoint", "floor"),
+    Method("reversible Heun", "reversible_heun", "adjoint", "floor"),
+    Method("odeint_adjoint (torchdiffeq)", "euler", "odeint_adjoint", "floor1"),
+)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What :func:`run_benchmark` measures.
+
+    Attributes
+    ----------
+    name : str
+    depths : tuple of int
+        Residual functions ``M``.
+    widths : tuple of int
+        Features of the state.
+    precisions : tuple of str
+        ``"float32"`` and/or ``"bf16"`` (float32 weights, bf16 autocast).
+    batch : int
+        Inputs of the timed step.
+    error_batch : int
+        Inputs of the gradient comparison.
+    repeats : int
+        Timed rounds after a warm-up round.
+    seed : int
+    """
+
+    name: str
+    depths: tuple
+    widths: tuple
+    precisions: tuple
+    batch: int
+    error_batch: int
+    repeats: int
+    seed: int = 0
+
+
+BENCHMARK_CONFIGS = {
+    "cpu": BenchmarkConfig("cpu", (8, 32, 128, 512), (64, 256), ("float32", "bf16"),
+                           batch=64, error_batch=32, repeats=9),
+    "quick": BenchmarkConfig("quick", (8, 32), (16,), ("float32",), batch=16,
+                             error_batch=8, repeats=3),
+}
+
+
+def _autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def drift(stack, x: torch.Tensor, precision: str = "float32") -> float:
+    """``||x~_0 - x_0|| / ||x_0||``: the input rebuilt from the output by the scheme's
+    reverse steps, at the run's precision.
+
+    Parameters
+    ----------
+    stack : ResidualStack
+    x : torch.Tensor, shape (B, ...)
+    precision : {"float32", "bf16"}
+    """
+    scheme = stack.scheme
+    with torch.no_grad(), _autocast(precision):
+        state = scheme.initial_state(x)
+        for n in range(stack.num_steps):
+            state = stack.step(n, state)
+        for n in reversed(range(stack.num_steps)):
+            state = scheme.reverse_step(stack.evaluate, n, state, stack.h).to(x.dtype)
+        back = scheme.output(state).to(x.dtype)
+    return float((back - x).norm() / x.norm())
+
+
+def _errors(arch, M, width, precision, cfg, x64, methods):
+    """The float32 stack, and the error of its gradient by each of ``methods`` (and by
+    backprop) against float64 backprop on the same weights.
+    """
+    stack64 = tanh_stack(M, "smooth", seed=cfg.seed, dim=width, scheme=arch)
+    stack32 = tanh_stack(M, "smooth", seed=cfg.seed, dim=width, scheme=arch,
+                         dtype=torch.float32)
+    ref = gradients(stack64, x64, "backprop")
+    x32 = x64.float()
+    errors = {}
+    with _autocast(precision):
+        for m in {"backprop", *methods}:
+            try:
+                errors[m] = relative_error(ref, gradients(stack32, x32, m))
+            except ReconstructionError:      # a reconstruction that overflowed
+                errors[m] = math.inf
+    return stack32, errors
+
+
+def _interleaved(calls: dict, repeats: int) -> dict:
+    """Wall times of each call, interleaved as :func:`gradient_methods.interleaved_times`."""
+    names = list(calls)
+    times = {m: [] for m in names}
+    for r in range(repeats + 1):     # round 0 warms up
+        k = r % len(names)
+        for m in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            calls[m]()
+            if r:
+                times[m].append(time.perf_counter() - t0)
+    return {m: np.array(t) for m, t in times.items()}
+
+
+def _step(stack, x, gradient, precision):
+    def run():
+        with _autocast(precision):
+            backward_step(stack, x, gradient)
+        stack.zero_grad(set_to_none=True)
+    return run
+
+
+def _one_config(M, width, precision, cfg):
+    """The rows of one depth, width and precision."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.batch, width, generator=gen)
+    x64 = torch.randn(cfg.error_batch, width, generator=gen, dtype=torch.float64)
+    archs = sorted({m.scheme for m in BENCHMARK})
+    stacks, errors, calls = {}, {}, {}
+    for a in archs:
+        used = [m.gradient for m in BENCHMARK if m.scheme == a]
+        stacks[a], errors[a] = _errors(ARCHITECTURES[a](), M, width, precision, cfg, x64, used)
+        xr = x.clone().requires_grad_(True)
+        for g in ("backprop", "floor", "floor1"):
+            calls[a, g] = _step(stacks[a], xr, g, precision)
+    failed = set()
+    for m in BENCHMARK:
+        key = (m.scheme, m.gradient)
+        if key not in calls:
+            calls[key] = _step(stacks[m.scheme], x.clone().requires_grad_(True), m.gradient,
+                               precision)
+            try:
+                calls[key]()          # a backward whose reconstruction overflows is not timed
+            except ReconstructionError:
+                failed.add(key)
+                del calls[key]
+    times = _interleaved(calls, cfg.repeats)
+    rows = []
+    for m in BENCHMARK:
+        stack, key = stacks[m.scheme], (m.scheme, m.gradient)
+        with _autocast(precision):
+            mib = saved_bytes(stack, x.clone().requires_grad_(True), m.gradient) / 2 ** 20
+        timed = key not in failed
+        rows.append(dict(
+            N=M, width=width, precision=precision, method=m.label, scheme=m.scheme,
+            gradient=m.gradient, ms=1e3 * float(np.median(times[key])) if timed else None,
+            x_backprop=paired_ratio(times, key, (m.scheme, "backprop")) if timed else None,
+            x_floor=(paired_ratio(times, key, (m.scheme, m.floor))
+                     if m.floor and timed else None),
+            mib=mib, grad_error=errors[m.scheme][m.gradient],
+            backprop_error=errors[m.scheme]["backprop"],
+            drift=drift(stack, x, precision) if m.gradient == "adjoint" else None,
+            failed=not timed))
+    return rows
+
+
+def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True) -> dict:
+    """Run :data:`BENCHMARK` over ``cfg``'s depths, widths and precisions, on one thread.
+
+    Parameters
+    ----------
+    cfg : BenchmarkConfig
+    show_progress : bool
+
+    Returns
+    -------
+    dict
+        JSON-able: ``rows`` (one dict per method and setting, see the module's
+        docstring), ``seconds``, ``threads``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)       # the ratios of one core; the machine's other core is noise
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            # the drift column measures what the self-check would warn about
+            warnings.simplefilter("ignore", ReconstructionWarning)
+            rows = []
+            settings = [(M, w, p) for p in cfg.precisions for w in cfg.widths
+                        for M in cfg.depths]
+            for M, w, p in progress(settings, "settings", enabled=show_progress):
+                rows += _one_config(M, w, p, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return dict(rows=rows, seconds=time.perf_counter() - t0, threads=1)
