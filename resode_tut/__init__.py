@@ -7,9 +7,12 @@ and plots live apart, in :mod:`resode_tut.experiments` (never imported here).
 Residual networks as ODE solvers (Sander et al., 2022)
     :class:`ResidualStack` -- residual layers as Euler or Heun steps on [0, 1],
     optionally trained with the memory-free discrete adjoint (``adjoint=True``);
-    :mod:`resode_tut.schemes` (:class:`Scheme`, :class:`Euler`, :class:`Heun`) -- the
-    one-step schemes: grid, step, reverse step; :func:`adjoint_gradients` -- the discrete
-    adjoint as a 15-line loop (the reference for the fast backward);
+    :mod:`resode_tut.schemes` (:class:`Scheme`, :class:`Euler`, :class:`Heun`,
+    :class:`Momentum`, :class:`Coupling`, :class:`ReversibleHeun`) -- the one-step
+    schemes: grid, step, reverse step (exact for the last three);
+    :func:`adjoint_gradients` -- the discrete adjoint as a 15-line loop (the reference
+    for the fast backward); :func:`one_evaluation_adjoint_gradients` -- its variant with
+    one evaluation a step;
     :func:`reconstruct`, :func:`reverse_step`, :class:`ReconstructionError`,
     :class:`ReconstructionWarning` -- the adjoint's backward reconstruction and its
     self-check;
@@ -54,6 +57,7 @@ from .adjoint import (
     ReconstructionWarning,
     adjoint_gradients,
     discrete_adjoint,
+    one_evaluation_adjoint_gradients,
     reconstruct,
     reverse_step,
 )
@@ -79,7 +83,7 @@ from .progress import progress as progress_bar
 from .rates import loglog_slope
 from .residual_functions import TanhLayer, tanh_mean_weights, tanh_stack
 from .runtime import MODES, Runtime, get_mode, get_threads, seed_everything, setup
-from .schemes import Euler, Heun, Scheme, get_scheme
+from .schemes import Coupling, Euler, Heun, Momentum, ReversibleHeun, Scheme, get_scheme
 from .solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, SOLVERS, Solver
 from .stack import SCHEMES, ResidualStack
 from .weights import WEIGHT_KINDS, total_variation, weight_path
@@ -88,7 +92,8 @@ __version__ = "0.2.0"
 
 __all__ = [
     # residual networks as ODE solvers
-    "ResidualStack", "SCHEMES", "schemes", "Scheme", "Euler", "Heun", "get_scheme",
+    "ResidualStack", "SCHEMES", "schemes", "Scheme", "Euler", "Heun", "Momentum", "Coupling",
+    "ReversibleHeun", "get_scheme", "one_evaluation_adjoint_gradients",
     "discrete_adjoint", "adjoint_gradients", "AdjointState",
     "reconstruct", "reverse_step", "ReconstructionError",
     "ReconstructionWarning", "solve_limit_ode", "ode_distance", "InterpolatedField",

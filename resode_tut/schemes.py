@@ -371,7 +371,7 @@ class Momentum(Scheme):
         return self.gamma if self.epsilon is None else 1.0 - h / self.epsilon
 
     def check_depth(self, M: int) -> None:
-        """At least one function; with ``epsilon``, ``h = 1/M < epsilon``."""
+        """Raise a ``ValueError`` unless ``M >= 1`` and, with ``epsilon``, ``h = 1/M < epsilon``."""
         super().check_depth(M)
         if self.epsilon is not None and self.step_size(M) >= self.epsilon:
             raise ValueError(f"Momentum(epsilon={self.epsilon}) needs h = 1/M < epsilon "
@@ -446,29 +446,29 @@ class Coupling(Scheme):
         return M // 2
 
     def check_depth(self, M: int) -> None:
-        """An even number of functions, at least two."""
+        """Raise a ``ValueError`` unless ``M`` is even and at least two."""
         super().check_depth(M)
         if M % 2:
             raise ValueError(f"scheme 'coupling' takes two residual functions a step: give "
                              f"an even number, got {M}")
 
     def function_times(self, M: int) -> torch.Tensor:
-        """``f_{2n}`` at ``n h``, ``f_{2n+1}`` at ``(n + 1/2) h``."""
+        """Times of the ``M`` functions: ``f_{2n}`` at ``n h``, ``f_{2n+1}`` at ``(n + 1/2) h``."""
         return torch.arange(M, dtype=torch.float64) / 2 / self.num_steps(M)
 
     def function_features(self, features: int) -> int:
-        """Half of them (an even count)."""
+        """``features / 2`` (``features`` must be even)."""
         if features % 2:
             raise ValueError(f"scheme 'coupling' splits the state's channels in halves: "
                              f"give an even number, got {features}")
         return features // 2
 
     def functions_of_step(self, n: int) -> tuple[int, ...]:
-        """``(2n, 2n + 1)``."""
+        """``(2 * n, 2 * n + 1)``."""
         return (2 * n, 2 * n + 1)
 
     def functions_of_reverse_step(self, n: int) -> tuple[int, ...]:
-        """``(2n + 1, 2n)``, in the order the reverse step evaluates them."""
+        """``(2 * n + 1, 2 * n)``, in the order the reverse step evaluates them."""
         return (2 * n + 1, 2 * n)
 
     @staticmethod
@@ -494,7 +494,7 @@ class Coupling(Scheme):
 
 
 class ReversibleHeun(Scheme):
-    r"""The reversible Heun method (Kidger, Foster, Li and Lyons, ICML 2021) for the ODE:
+    r"""The reversible Heun method (Kidger, Foster, Li and Lyons, NeurIPS 2021) for the ODE:
     ``M - 1`` steps of ``h = 1/(M - 1)`` on a state ``(y, z, F)`` -- the solution, an
     auxiliary copy and ``F_n = f_n(z_n)`` -- from ``(x, x, 0)``:
 

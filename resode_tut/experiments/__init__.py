@@ -20,6 +20,8 @@ module                 used by
 ``finetune``           chapter 6's run (the code its result is keyed on)
 ``finetune_result``    chapter 6's result and its JSON form
 ``ch07``               chapter 7, scaling up: the data-parallel, resume and autocast checks
+``ch08``               chapter 8, memory-free training compared: results, figures, command line
+``memory_benchmark``   chapter 8's benchmark (the code its shipped result is keyed on)
 ``discretisation``     chapters 1 and 4 (distance to the ODE against depth)
 ``gradient_methods``   chapters 3, 4 and 6 (four ways to differentiate a stack)
 ``classifier``         chapters 3 and 4 (a small residual classifier)
