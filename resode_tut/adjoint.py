@@ -40,11 +40,9 @@ resode_tut.experiments.ch03 adjoint --methods adjoint`` measures it).
 
 What backward guarantees (each one tested against plain backprop):
 
-* **Randomness** (dropout, ``torch.randn_like``; every scheme but reversible Heun,
-  whose reverse step evaluates ``f_n`` where its forward evaluated it in step ``n - 1``:
-  refused there with a named error): with
+* **Randomness** (dropout, ``torch.randn_like``): with
   ``stack.preserve_rng_state`` (the default) every re-evaluation replays the
-  random state the same function had at the same step in forward (CPU and CUDA
+  random state the same evaluation had in forward (CPU and CUDA
   generators), so gradients are backprop's with the same masks, and the global
   generators end where a plain backward leaves them.  The cost is one random
   state (5,056 bytes for the CPU generator, plus 16 per CUDA device) per
@@ -207,11 +205,10 @@ def _evaluator(stack, n, replay):
     functions = stack.functions
     if replay is None:
         return lambda k, x: functions[k](x)
-    order = stack.scheme.functions_of_step(n)
-    first = len(order) * n        # the evaluations before step n, in forward's order
+    index = stack.scheme.evaluation_index   # which forward evaluation this one repeats
 
     def f(k, x):
-        replay(first + order.index(k))
+        replay(index(n, k))
         return functions[k](x)
     return f
 
@@ -591,13 +588,6 @@ class _DiscreteAdjoint(torch.autograd.Function):
             tape.states = []
         if buffers is not None and not updating:
             buffers = None
-        if (random or updating) and not stack.scheme.replays_evaluations:
-            raise NotImplementedError(
-                f"scheme {stack.scheme.name!r}: the memory-free backward cannot replay "
-                f"{'random states' if random else 'self-updated buffers'} (its reverse step "
-                "evaluates each function at another step than the forward did): use "
-                "deterministic residual functions (dropout off, no spectral norm) or "
-                "adjoint=False")
         state.rng_seen, state.self_updating = random, updating
         ctx.stack, ctx.params, ctx.dtypes = stack, params, dtypes
         ctx.tape, ctx.buffers = (tape if random else None), buffers

@@ -73,10 +73,6 @@ class Scheme:
     #: (the memory-free backward's gradients then differ from backprop's by rounding
     #: only); otherwise it is an approximation of order ``h^2`` or better a step.
     exact_reverse = False
-    #: The memory-free backward replays the random states and self-updated buffers of
-    #: the forward's evaluations (a scheme whose reverse step evaluates a function that
-    #: its forward evaluated in another step sets it False: refused when random).
-    replays_evaluations = True
     #: A step evaluates the weights at both of its ends (``t_n`` and ``t_{n+1}``), not
     #: only at its start.
     samples_step_ends = False
@@ -114,6 +110,23 @@ class Scheme:
         (default: all of them).
         """
         return features
+
+    def evaluation_index(self, n: int, k: int) -> int:
+        """Which of the forward's evaluations (numbered from 0 in the order the steps make
+        them) an evaluation of ``f_k`` for step ``n`` -- in the forward, the reverse step or
+        the backward's re-run of the step -- stands for: the memory-free backward replays
+        that evaluation's random state and buffers. Default: step ``n``'s own evaluation
+        of ``f_k`` (the same number of evaluations every step).
+
+        Parameters
+        ----------
+        n : int
+            The step.
+        k : int
+            The residual function.
+        """
+        order = self.functions_of_step(n)
+        return len(order) * n + order.index(k)
 
     def check_depth(self, M: int) -> None:
         """Raise a ``ValueError`` when ``M`` functions are too few for the scheme."""
@@ -512,8 +525,6 @@ class ReversibleHeun(Scheme):
     min_functions = 2
     exact_reverse = True
     samples_step_ends = True
-    # the reverse of step n evaluates f_n, which the forward evaluated in step n - 1
-    replays_evaluations = False
 
     def num_steps(self, M: int) -> int:
         """``M - 1``."""
@@ -526,6 +537,11 @@ class ReversibleHeun(Scheme):
     def functions_of_reverse_step(self, n: int) -> tuple[int, ...]:
         """``(n,)``."""
         return (n,)
+
+    def evaluation_index(self, n: int, k: int) -> int:
+        """``k``: the forward evaluates each function once, ``f_0`` and ``f_1`` in step 0,
+        ``f_{n+1}`` in step ``n``; the reverse of step ``n`` evaluates ``f_n`` again."""
+        return k
 
     def initial_state(self, x):
         """``(x, x, 0)`` stacked: shape (3, B, ...)."""
