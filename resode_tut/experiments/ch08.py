@@ -151,9 +151,9 @@ _STYLE = {"backprop": ("k", "-"), "checkpoint per block": ("0.5", "-"),
 
 
 def plot_benchmark(rows: list[dict], width: int, precision: str = "float32"):
-    """Three panels against depth at one width and precision: gradient error (against
-    float64 backprop of the same architecture), memory kept for backward, and time per
-    step over the method's own floor.
+    """Three panels against depth at one width and precision (and the legend in a
+    fourth): gradient error (against float64 backprop of the same architecture), memory
+    kept for backward, and time per step over the method's own floor.
 
     Parameters
     ----------
@@ -167,7 +167,8 @@ def plot_benchmark(rows: list[dict], width: int, precision: str = "float32"):
     """
     sel = [r for r in rows if r["width"] == width and r["precision"] == precision]
     depths = sorted({r["N"] for r in sel})
-    fig, axes = plt.subplots(1, 3, figsize=(13, 5.2), layout="constrained")
+    fig, grid = plt.subplots(2, 2, figsize=(9, 7.5), layout="constrained")
+    axes, key = [grid[0, 0], grid[0, 1], grid[1, 0]], grid[1, 1]
     for m in BENCHMARK:
         mine = sorted((r for r in sel if r["method"] == m.label), key=lambda r: r["N"])
         colour, style = _STYLE[m.label]
@@ -185,12 +186,12 @@ def plot_benchmark(rows: list[dict], width: int, precision: str = "float32"):
                 title="error vs float64 backprop")
     axes[1].set(yscale="log", ylabel="MiB kept for backward", title="memory")
     axes[2].axhline(1.0, color="k", lw=0.8)
-    axes[2].set(ylabel="time / own floor", title="time (interleaved medians)")
+    axes[2].set(yscale="log", ylabel="time / own floor", title="time (interleaved medians)")
     for ax in axes:
         depth_axis(ax, depths)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False,
-               fontsize=9)
+    key.axis("off")
+    key.legend(handles, labels, loc="center", frameon=False, fontsize=10)
     fig.suptitle(f"width {width}, {precision}")
     return fig
 
