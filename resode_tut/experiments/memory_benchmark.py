@@ -132,7 +132,7 @@ class BenchmarkConfig:
 BENCHMARK_CONFIGS = {
     "cpu": BenchmarkConfig("cpu", (8, 32, 128, 512), (64, 256), ("float32", "bf16"),
                            batch=64, error_batch=32, repeats=9),
-    "quick": BenchmarkConfig("quick", (8, 32), (16,), ("float32",), batch=16,
+    "quick": BenchmarkConfig("quick", (8, 32), (16,), ("float32", "bf16"), batch=16,
                              error_batch=8, repeats=3),
 }
 
