@@ -540,7 +540,8 @@ class ReversibleHeun(Scheme):
 
     def evaluation_index(self, n: int, k: int) -> int:
         """``k``: the forward evaluates each function once, ``f_0`` and ``f_1`` in step 0,
-        ``f_{n+1}`` in step ``n``; the reverse of step ``n`` evaluates ``f_n`` again."""
+        ``f_{n+1}`` in step ``n``; the reverse of step ``n`` evaluates ``f_n`` again.
+        """
         return k
 
     def initial_state(self, x):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import time
 from dataclasses import asdict
 
@@ -92,16 +93,20 @@ def benchmark(config="cpu", store: bool = True, force: bool = False,
         if found is not None:
             print(shipped.describe(found))
             return found.data["rows"], found
-    if store:
-        shipped.check_writable()
+    chunks = None
+    if store:      # a stopped run resumes from its finished settings
+        chunks = shipped.check_writable() / ".partial" / f"{_name(cfg)}-{key}"
     commit = shipped.git_commit()
-    data = run_benchmark(cfg, show_progress=show_progress)
+    data = run_benchmark(cfg, show_progress=show_progress, chunks=chunks)
+    invocations = data.pop("invocations")
     if not store:
         return data["rows"], None
     result = shipped.ShippedResult(
         _name(cfg), key, asdict(cfg),
-        shipped.provenance(_command(cfg), data["seconds"], commit=commit, threads=1), data)
+        shipped.provenance(_command(cfg), data["seconds"], commit=commit, threads=1,
+                           invocations=invocations), data)
     shipped.save(result)
+    shutil.rmtree(chunks)
     return data["rows"], result
 
 

@@ -29,15 +29,15 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from ..adjoint import ReconstructionError, ReconstructionWarning
-from ..progress import progress
 from ..residual_functions import tanh_stack
 from ..schemes import Coupling, Euler, Heun, Momentum, ReversibleHeun
+from .chunks import resumable_map
 from .gradient_methods import (
     backward_step,
     gradients,
@@ -247,32 +247,42 @@ def _one_config(M, width, precision, cfg):
     return rows
 
 
-def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True) -> dict:
-    """Run :data:`BENCHMARK` over ``cfg``'s depths, widths and precisions, on one thread.
+def _setting(job) -> list[dict]:
+    """The rows of one setting ``(M, width, precision, config as a dict)``: a job of
+    :func:`run_benchmark`, JSON-able (its chunk).
+    """
+    M, width, precision, cfg = job
+    cfg = BenchmarkConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    with warnings.catch_warnings():
+        # the drift column measures what the self-check would warn about
+        warnings.simplefilter("ignore", ReconstructionWarning)
+        return _one_config(M, width, precision, cfg)
+
+
+def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True, chunks=None) -> dict:
+    """Run :data:`BENCHMARK` over ``cfg``'s depths, widths and precisions, on one thread,
+    one setting after another (each setting a job of
+    :func:`resode_tut.experiments.chunks.resumable_map`: with ``chunks``, a stopped run
+    started again runs only the settings it has not finished).
 
     Parameters
     ----------
     cfg : BenchmarkConfig
     show_progress : bool
+        Print each setting as it starts (the settings run in this process).
+    chunks : path, optional
+        Where finished settings are kept.
 
     Returns
     -------
     dict
         JSON-able: ``rows`` (one dict per method and setting, see the module's
-        docstring), ``seconds``, ``threads``.
+        docstring), ``seconds`` (over every invocation), ``threads``, ``invocations``.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)       # the ratios of one core; the machine's other core is noise
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            # the drift column measures what the self-check would warn about
-            warnings.simplefilter("ignore", ReconstructionWarning)
-            rows = []
-            settings = [(M, w, p) for p in cfg.precisions for w in cfg.widths
-                        for M in cfg.depths]
-            for M, w, p in progress(settings, "settings", enabled=show_progress):
-                rows += _one_config(M, w, p, cfg)
-    finally:
-        torch.set_num_threads(threads)
-    return dict(rows=rows, seconds=time.perf_counter() - t0, threads=1)
+    jobs = [(M, w, p, asdict(cfg)) for p in cfg.precisions for w in cfg.widths
+            for M in cfg.depths]
+    if show_progress:
+        print(f"{len(jobs)} settings, one torch thread")
+    results, run = resumable_map(_setting, jobs, 1, chunks)   # one process: one thread
+    rows = [r for setting in results for r in setting]
+    return dict(rows=rows, seconds=run["seconds"], threads=1, invocations=run["invocations"])

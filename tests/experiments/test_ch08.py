@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from resode_tut.experiments import ch08, memory_benchmark as mb
+from resode_tut.experiments import ch08
+from resode_tut.experiments import memory_benchmark as mb
 
 TINY = mb.BenchmarkConfig("tiny", (4, 16), (8,), ("float32",), batch=4, error_batch=4,
                           repeats=1)
