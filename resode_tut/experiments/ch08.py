@@ -47,12 +47,7 @@ COMPUTING_MODULE = "resode_tut.experiments.memory_benchmark"
 
 
 def _config(config) -> BenchmarkConfig:
-    if isinstance(config, BenchmarkConfig):
-        return config
-    if config not in BENCHMARK_CONFIGS:
-        raise ValueError(f"unknown benchmark configuration {config!r}: choose one of "
-                         f"{sorted(BENCHMARK_CONFIGS)}")
-    return BENCHMARK_CONFIGS[config]
+    return shipped.named_config(config, BENCHMARK_CONFIGS, BenchmarkConfig, "benchmark")
 
 
 def _name(cfg: BenchmarkConfig) -> str:

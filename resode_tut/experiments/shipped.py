@@ -54,7 +54,7 @@ from .cache import code_key, code_tokens
 
 __all__ = ["FORMAT", "ShippedResult", "code_tokens", "code_key", "result_key", "results_dir",
            "recompute_requested", "git_commit", "read", "search_dirs", "load_current", "save",
-           "check_writable",
+           "check_writable", "named_config",
            "provenance", "describe", "shipped_names"]
 
 #: Version of the file layout; a file of another format is damaged, not stale.
@@ -100,6 +100,33 @@ def recompute_requested() -> bool:
         return True
     raise ValueError(f"RESODE_RECOMPUTE={value!r}: set it to 1 to recompute shipped "
                      "results, or leave it unset to load them")
+
+
+def named_config(config, configs: dict, kind: type, what: str):
+    """A run's configuration, given as itself or by name.
+
+    Parameters
+    ----------
+    config : ``kind`` or str
+        The configuration, or the name of one in ``configs``.
+    configs : dict of str to ``kind``
+        The named configurations.
+    kind : type
+        The configuration class.
+    what : str
+        What the configuration is of, for the error (e.g. ``"Table 1"``).
+
+    Raises
+    ------
+    ValueError
+        For a name not in ``configs``, with the names to choose from.
+    """
+    if isinstance(config, kind):
+        return config
+    if config not in configs:
+        raise ValueError(f"unknown {what} configuration {config!r}: choose one of "
+                         f"{sorted(configs)}")
+    return configs[config]
 
 
 def result_key(config: dict, module: str, data: str | None = None, **extra) -> str:

@@ -201,12 +201,7 @@ def decode_accuracy(acc: dict) -> dict:
 
 
 def _table1_config(config) -> Table1Config:
-    if isinstance(config, Table1Config):
-        return config
-    if config not in TABLE1_CONFIGS:
-        raise ValueError(f"unknown Table 1 configuration {config!r}: choose one of "
-                         f"{sorted(TABLE1_CONFIGS)}")
-    return TABLE1_CONFIGS[config]
+    return shipped.named_config(config, TABLE1_CONFIGS, Table1Config, "Table 1")
 
 
 def result_name(config: Table1Config | str) -> str:
