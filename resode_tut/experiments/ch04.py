@@ -18,22 +18,32 @@ Runs are independent and seeded, and are spread over worker processes
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
 import torch
 
+from ..datasets.cifar import cifar10, data_identity
 from ..datasets.small import digits
 from ..parallel import parallel_map
 from ..stack import SCHEMES
+from . import shipped
 from .classifier import ResidualClassifier, train_classifier
+from .cli import positive_int
 from .discretisation import distance_sweep
 from .gradient_methods import adjoint_error_sweep, gradients, relative_error
+from .heun_cifar import FIG4_CONFIGS, Fig4Config, compute_fig4
+from .heun_cifar import METHODS as FIG4_METHODS
+from .heun_cifar import SCHEMES as FIG4_SCHEMES
 from .plots import depth_axis, use_style
 
 __all__ = ["use_style", "DepthTrainingSweep", "depth_training_sweep", "distance_sweep", "gradients",
-           "relative_error", "adjoint_error_sweep", "depth_axis"]
+           "relative_error", "adjoint_error_sweep", "depth_axis", "FIG4_CONFIGS", "Fig4Config",
+           "cifar_fig4", "fig4_sweep", "fig4_name", "fig4_command", "plot_fig4", "main"]
 
 
 @dataclass
@@ -195,3 +205,205 @@ def depth_training_sweep(depths, schemes=SCHEMES, seeds=(0,), epochs: int = 10,
             [[by_job[(schemes.index(s) * len(depths) + i) * len(seeds) + j]["self_check"]
               for j in range(len(seeds))] for i in range(len(depths))])
     return out
+
+
+# -- paper A's Fig. 4 on CIFAR-10 (a shipped run: resode_tut.experiments.heun_cifar) ----
+
+#: The module whose code (and imports) the shipped Fig. 4 run is keyed on.
+FIG4_COMPUTING_MODULE = "resode_tut.experiments.heun_cifar"
+
+
+def _fig4_config(config) -> Fig4Config:
+    return shipped.named_config(config, FIG4_CONFIGS, Fig4Config, "Fig. 4")
+
+
+def fig4_name(config) -> str:
+    """The shipped result's name, ``ch04-fig4-<config name>``.
+
+    Parameters
+    ----------
+    config : Fig4Config or str
+    """
+    return f"ch04-fig4-{_fig4_config(config).name}"
+
+
+def fig4_command(config) -> str:
+    """The command that recomputes (or resumes) ``config``'s shipped result.
+
+    Parameters
+    ----------
+    config : Fig4Config or str
+    """
+    return f"python -m resode_tut.experiments.ch04 fig4 --config {_fig4_config(config).name}"
+
+
+def fig4_sweep(config, data: dict) -> DepthTrainingSweep:
+    """The runs of a Fig. 4 result as a :class:`DepthTrainingSweep`: ``accuracy`` is
+    each run's best test accuracy over its epochs (the official figure's score),
+    ``train_loss`` its last epoch's, ``self_check`` the adjoint's largest reconstruction
+    error in its last epoch.
+
+    Parameters
+    ----------
+    config : Fig4Config or str
+    data : dict
+        :func:`resode_tut.experiments.heun_cifar.compute_fig4`'s result.
+
+    Raises
+    ------
+    ValueError
+        When a run of the configuration is missing or has the wrong number of epochs.
+    """
+    cfg = _fig4_config(config)
+    runs = {(r["seed"], r["depth"], r["scheme"], r["method"]): r for r in data["runs"]}
+    depths, seeds = sorted(cfg.depths), list(cfg.seeds)
+    out = DepthTrainingSweep(depths=np.asarray(depths), seeds=seeds)
+    for scheme in FIG4_SCHEMES:
+        out.accuracy[scheme], out.train_loss[scheme] = {}, {}
+        for method in FIG4_METHODS:
+            acc, loss = np.zeros((len(depths), len(seeds))), np.zeros((len(depths), len(seeds)))
+            for i, depth in enumerate(depths):
+                for j, seed in enumerate(seeds):
+                    run = runs.get((seed, depth, scheme, method))
+                    if run is None or len(run["test_accuracy"]) != cfg.epochs:
+                        raise ValueError(f"no complete run for seed {seed}, N = {depth}, "
+                                         f"{scheme}, {method}")
+                    acc[i, j], loss[i, j] = max(run["test_accuracy"]), run["train_loss"][-1]
+            out.accuracy[scheme][method], out.train_loss[scheme][method] = acc, loss
+        out.self_check[scheme] = np.array(
+            [[runs[seed, depth, scheme, "adjoint"]["self_check"][-1] for seed in seeds]
+             for depth in depths])
+    return out
+
+
+def cifar_fig4(config="cpu", store: bool = True, force: bool = False,
+               processes: int | None = None, root=None):
+    """Paper A's Fig. 4 on CIFAR-10: the shipped result when current, else the run
+    (stored with ``store``; a stopped run resumes from its finished trainings).
+
+    Parameters
+    ----------
+    config : Fig4Config or str
+        ``"cpu"`` (the shipped run), ``"gpu-full"`` (the paper's scale) or ``"smoke"``.
+    store : bool
+        Keep finished trainings as chunks and write the result to the results folder.
+    force : bool
+        Compute even if a current result is shipped.
+    processes : int, optional
+        Worker processes (default: all cores).
+    root : path, optional
+        The CIFAR-10 folder (default :func:`resode_tut.datasets.cifar.default_root`).
+
+    Returns
+    -------
+    sweep : DepthTrainingSweep
+        See :func:`fig4_sweep`.
+    result : ShippedResult or None
+        Where it came from (loaded or stored), else None.
+    """
+    cfg = _fig4_config(config)
+    key = shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE)   # the code that runs
+    if not force:
+        found = shipped.load_current(fig4_name(cfg), key)
+        if found is not None:
+            try:
+                return fig4_sweep(cfg, found.data), found
+            except (KeyError, TypeError, ValueError) as err:
+                warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=2)
+    chunks = None
+    if store:
+        chunks = shipped.check_writable() / ".partial" / f"{fig4_name(cfg)}-{key}"
+    commit = shipped.git_commit()
+    source = cifar10(root, train=False).source        # a missing copy fails here, first
+    data = compute_fig4(cfg, processes, chunks, root)
+    data.update(data_source=source, data_id=data_identity(root))
+    sweep = fig4_sweep(cfg, data)
+    if not store:
+        return sweep, None
+    invocations = data.pop("invocations")
+    result = shipped.ShippedResult(
+        fig4_name(cfg), key, asdict(cfg),
+        shipped.provenance(fig4_command(cfg), data["seconds"], commit=commit,
+                           processes=data["processes"], invocations=invocations,
+                           data=source), data)
+    shipped.save(result)
+    shutil.rmtree(chunks)
+    return sweep, result
+
+
+def plot_fig4(sweep: DepthTrainingSweep, title: str = ""):
+    """Paper A's Fig. 4 as its official script draws it: test error against depth, the
+    mean over seeds with the interquartile band, Euler blue and Heun red, backprop solid
+    and the adjoint dashed; beside it, the adjoint's self-check (its reconstruction error
+    in the last epoch) against depth.
+
+    Parameters
+    ----------
+    sweep : DepthTrainingSweep
+        From :func:`cifar_fig4`.
+    title : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    colours = {"euler": "darkblue", "heun": "red"}
+    names = {"euler": "ResNet (Euler)", "heun": "HeunNet"}
+    for scheme in FIG4_SCHEMES:
+        for method, style in (("backprop", "-"), ("adjoint", "--")):
+            err = 100.0 * (1.0 - sweep.accuracy[scheme][method])          # (K, S)
+            ax.plot(sweep.depths, err.mean(axis=1), style, color=colours[scheme], lw=2,
+                    label=f"{names[scheme]} + {method}")
+            ax.fill_between(sweep.depths, np.quantile(err, 0.25, axis=1),
+                            np.quantile(err, 0.75, axis=1), color=colours[scheme], alpha=0.15)
+        check = sweep.self_check[scheme]
+        ax2.plot(sweep.depths, np.median(check, axis=1), "o-", color=colours[scheme],
+                 label=names[scheme])
+    ax.set_yscale("log")
+    ax.set_ylabel("test error (%), best epoch")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0f}"))
+    ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0f}"))
+    ax.legend(fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_ylabel(r"self-check $\|\tilde x_0 - x_0\| / \|x_0\|$")
+    ax2.legend(fontsize=8)
+    for a in (ax, ax2):
+        depth_axis(a, sweep.depths)
+        a.grid(True, which="major", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    """``python -m resode_tut.experiments.ch04 fig4 --config cpu``: run (or resume) and
+    store paper A's Fig. 4 on CIFAR-10.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+    """
+    parser = argparse.ArgumentParser(prog="python -m resode_tut.experiments.ch04",
+                                     description=main.__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    fig4 = sub.add_parser("fig4", help="paper A's Fig. 4 on CIFAR-10 (resumable)")
+    fig4.add_argument("--config", default="cpu", choices=sorted(FIG4_CONFIGS))
+    fig4.add_argument("--processes", type=positive_int, default=None,
+                      help="worker processes (default: all cores)")
+    fig4.add_argument("--data", default=None, help="the CIFAR-10 folder")
+    fig4.add_argument("--force", action="store_true", help="rerun a current result")
+    args = parser.parse_args(argv)
+    sweep, result = cifar_fig4(args.config, force=args.force, processes=args.processes,
+                               root=args.data)
+    print(shipped.describe(result))
+    for scheme in FIG4_SCHEMES:
+        print(scheme, "adjoint - backprop (points, mean over seeds):",
+              " ".join(f"N={d}: {g:+.1f}" for d, g in zip(sweep.depths, sweep.gap(scheme))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
