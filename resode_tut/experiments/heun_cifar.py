@@ -20,18 +20,80 @@ import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from ..cifar_resnet import CifarResNet
 from ..datasets.cifar import cifar10
 from ..parallel import default_processes
+from ..schemes import Heun
 from .chunks import resumable_map
 from .cifar_training import train
 
-__all__ = ["Fig4Config", "FIG4_CONFIGS", "SCHEMES", "METHODS", "fig4_jobs", "run_one",
-           "compute_fig4"]
+__all__ = ["OfficialHeun", "TinyResNet", "Fig4Config", "FIG4_CONFIGS", "SCHEMES", "METHODS",
+           "fig4_jobs", "run_one", "compute_fig4"]
 
 #: The stage's schemes and how its gradient is taken, in the order of the result's runs.
 SCHEMES = ("euler", "heun")
 METHODS = ("backprop", "adjoint")
+
+
+class OfficialHeun(Heun):
+    """Heun's step as the official code takes it (``HeunFwd`` in ``resnet_cifar``):
+    ``M - 1`` steps of ``h = 1/M``, the step of the Euler stack of the same depth, so the
+    stage ends at ``t = (M - 1)/M`` (the package's :class:`~resode_tut.schemes.Heun`
+    takes ``h = 1/(M - 1)`` and ends at ``t = 1``: at ``M = 2`` its one step is twice
+    as long).
+    """
+
+    def step_size(self, M: int) -> float:
+        """``1 / M``."""
+        return 1.0 / M
+
+    def times(self, M: int) -> torch.Tensor:
+        """``n / M`` for ``n = 0 .. M - 1``, shape (M,), float64."""
+        return torch.arange(M, dtype=torch.float64) / M
+
+
+class TinyResNet(CifarResNet):
+    """The official Fig. 4 network (``iTinyResnet``): the stem ``conv 5x5 / 3`` with
+    padding 1, BatchNorm, ReLU (3 -> C channels, 32x32 -> 10x10); ``N`` residual
+    functions ``BN(conv(ReLU(BN(conv(x)))))`` scaled by ``1/N``, the last BatchNorm at
+    zero; a ``4 x 4`` average pooling (10x10 -> 2x2) and a linear head on the ``4 C``
+    features. Its convolutions have no bias: each is followed by a BatchNorm, which
+    removes it.
+
+    Parameters
+    ----------
+    depth : int
+        ``N``.
+    channels : int
+    scheme : {"euler", "heun"}
+        ``"heun"`` is :class:`OfficialHeun`.
+    seed : int
+        The residual functions are those of ``CifarResNet(depth, channels, seed=seed)``.
+
+    Shapes
+    ------
+    (B, 3, 32, 32) -> logits (B, 10)
+    """
+
+    def __init__(self, depth: int, channels: int = 16, scheme: str = "euler", seed: int = 0):
+        super().__init__(depth, channels, scheme=OfficialHeun() if scheme == "heun" else scheme,
+                         seed=seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.stem = nn.Sequential(nn.Conv2d(3, channels, 5, stride=3, padding=1, bias=False),
+                                      nn.BatchNorm2d(channels), nn.ReLU())
+            self.head = nn.Linear(4 * channels, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape (B, 3, 32, 32) -> (B, 10)."""
+        if x.ndim != 4 or x.shape[1:] != (3, 32, 32):
+            raise ValueError(f"TinyResNet expects images of shape (B, 3, 32, 32), got "
+                             f"{tuple(x.shape)}")
+        return self.head(F.avg_pool2d(self.stage(self.stem(x)), 4).flatten(1))
 
 
 @dataclass(frozen=True)
@@ -122,7 +184,7 @@ def run_one(job, root=None) -> dict:
     """
     seed, depth, scheme, method, cfg = job
     config = Fig4Config(**{**cfg, "depths": tuple(cfg["depths"]), "seeds": tuple(cfg["seeds"])})
-    model = CifarResNet(depth, channels=config.channels, scheme=scheme, seed=seed)
+    model = TinyResNet(depth, channels=config.channels, scheme=scheme, seed=seed)
     hist = train(model, _data(root, True, config.train_images),
                  _data(root, False, config.test_images), config.epochs, config.lr,
                  method=method, milestones=config.milestones(), batch=config.batch,

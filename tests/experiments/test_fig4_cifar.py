@@ -3,9 +3,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import write_batches
 
-from resode_tut import CifarResNet
+from resode_tut import CifarResNet, ResidualStack
 from resode_tut.experiments import ch04, heun_cifar
 from resode_tut.experiments import shipped as shipped_mod
 
@@ -59,7 +60,7 @@ def test_a_run_is_the_training_it_says(data_and_results):
     from resode_tut.experiments.cifar_training import train
     job = heun_cifar.fig4_jobs(TINY)[0]            # seed 1, N = 4, euler, backprop
     got = heun_cifar.run_one(job)
-    model = CifarResNet(4, channels=4, scheme="euler", seed=1)
+    model = heun_cifar.TinyResNet(4, channels=4, scheme="euler", seed=1)
     hist = train(model, cifar10(train=True).subset(80, 0), cifar10(train=False).subset(40, 0),
                  2, 0.1, method="backprop", milestones=(1, 2), batch=40, seed=1)
     assert got["test_accuracy"] == hist.test_accuracy
@@ -140,3 +141,66 @@ def test_the_cli_runs_and_stores(capsys):
     out = capsys.readouterr().out
     assert "euler adjoint - backprop" in out
     assert shipped_mod.read("ch04-fig4-tiny") is not None
+
+
+class _Tanh(torch.nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.W = torch.nn.Parameter(torch.randn(5, 5, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.tanh(x @ self.W.T)
+
+
+def test_official_heun_is_the_official_loop_forward_and_reversed():
+    """HeunFwd of resnet_cifar: M - 1 steps, f_i and f_{i+1}, every step divided by M;
+    its inverse evaluates f_{i+1} first."""
+    M = 5
+    fs = [_Tanh(i) for i in range(M)]
+    x = torch.randn(3, 5, dtype=torch.float64)
+    out = x
+    for i in range(M - 1):
+        f1 = fs[i](out)
+        out = out + (f1 + fs[i + 1](out + f1 / M)) / 2 / M
+    stack = ResidualStack(fs, scheme=heun_cifar.OfficialHeun())
+    torch.testing.assert_close(stack(x), out, rtol=0, atol=1e-15)
+    back = out
+    for i in reversed(range(M - 1)):
+        f2 = fs[i + 1](back)
+        back = back - (f2 + fs[i](back - f2 / M)) / 2 / M
+    state = out
+    for n in reversed(range(stack.num_steps)):
+        state = stack.scheme.reverse_step(stack.evaluate, n, state, stack.h)
+    torch.testing.assert_close(state, back, rtol=0, atol=1e-15)
+
+
+def test_official_heun_adjoint_converges_to_backprop():
+    x = torch.randn(3, 5, dtype=torch.float64)
+    errors = []
+    for M in (4, 16, 64):
+        fs = [_Tanh(0) for _ in range(M)]            # weights constant in depth: smooth
+        grads = {}
+        for adjoint in (False, True):
+            stack = ResidualStack(fs, scheme=heun_cifar.OfficialHeun(), adjoint=adjoint)
+            stack.zero_grad()
+            stack(x).square().sum().backward()
+            grads[adjoint] = torch.cat([f.W.grad.flatten() for f in fs[:1]])
+        errors.append(float((grads[True] - grads[False]).norm() / grads[False].norm()))
+    assert errors[0] > 0 and errors[2] < errors[1] < errors[0]
+    assert errors[2] < errors[0] / 100          # at least second order between 4 and 64
+
+
+def test_tiny_resnet_is_the_official_network():
+    net = heun_cifar.TinyResNet(3, channels=16, seed=2)
+    ref = CifarResNet(3, channels=16, seed=2)
+    for a, b in zip(net.stage.parameters(), ref.stage.parameters()):
+        assert torch.equal(a, b)                 # the same residual functions
+    conv = net.stem[0]
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((5, 5), (3, 3), (1, 1))
+    assert net.head.in_features == 4 * 16        # a 2x2 pooled map
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert isinstance(heun_cifar.TinyResNet(3, scheme="heun").stage.scheme,
+                      heun_cifar.OfficialHeun)
+    with pytest.raises(ValueError, match="shape"):
+        net(torch.randn(2, 3, 28, 28))
