@@ -334,7 +334,7 @@ def train_comparison(depth: int, epochs: int, seeds=(0,), dim: int = 32, width: 
 
 def main(argv=None) -> int:
     """``python -m resode_tut.experiments.ch08 benchmark --config cpu``: run and store
-    the benchmark (one torch thread; about twenty minutes on a CPU core).
+    the benchmark (one torch thread; about 85 minutes on a CPU core, resumable).
 
     Parameters
     ----------
