@@ -140,7 +140,7 @@ def _train_pair(job):
     return out
 
 
-def depth_training_sweep(depths, schemes=SCHEMES, seeds=(0,), epochs: int = 10,
+def depth_training_sweep(depths, schemes=("euler", "heun"), seeds=(0,), epochs: int = 10,
                          lr_scale: float = 0.02, gain: float = 4.0, dim: int = 32,
                          width: int = 64, batch_size: int = 64, data_seed: int = 0,
                          tied_init: bool = True,

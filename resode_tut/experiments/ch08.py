@@ -39,7 +39,7 @@ from .plots import depth_axis, use_style
 
 __all__ = ["use_style", "BENCHMARK", "BENCHMARK_CONFIGS", "benchmark", "format_table",
            "plot_benchmark", "momentum_drift", "one_evaluation_vs_odeint",
-           "TRAINED", "train_comparison", "main", "COMPUTING_MODULE", "gradients",
+           "TRAINED", "train_comparison", "main", "load_benchmark", "COMPUTING_MODULE", "gradients",
            "relative_error"]
 
 #: The module whose code (and imports) the shipped benchmark is keyed on.
@@ -52,6 +52,20 @@ def _config(config) -> BenchmarkConfig:
 
 def _name(cfg: BenchmarkConfig) -> str:
     return f"ch08-benchmark-{cfg.name}"
+
+
+def load_benchmark(config="cpu", directory=None) -> shipped.ShippedResult | None:
+    """The stored benchmark of ``config`` if it is current for this code, else None.
+
+    Parameters
+    ----------
+    config : str or BenchmarkConfig
+    directory : path, optional
+        Results folder (default :func:`resode_tut.experiments.shipped.results_dir`).
+    """
+    cfg = _config(config)
+    return shipped.load_current(_name(cfg), shipped.result_key(asdict(cfg), COMPUTING_MODULE),
+                                directory)
 
 
 def _command(cfg: BenchmarkConfig) -> str:
@@ -84,7 +98,7 @@ def benchmark(config="cpu", store: bool = True, force: bool = False,
     cfg = _config(config)
     key = shipped.result_key(asdict(cfg), COMPUTING_MODULE)
     if not force:
-        found = shipped.load_current(_name(cfg), key)
+        found = load_benchmark(cfg)
         if found is not None:
             print(shipped.describe(found))
             return found.data["rows"], found
@@ -320,7 +334,7 @@ def train_comparison(depth: int, epochs: int, seeds=(0,), dim: int = 32, width: 
 
 def main(argv=None) -> int:
     """``python -m resode_tut.experiments.ch08 benchmark --config cpu``: run and store
-    the benchmark (one torch thread; about twenty minutes on a CPU core).
+    the benchmark (one torch thread; about 85 minutes on a CPU core, resumable).
 
     Parameters
     ----------

@@ -59,7 +59,7 @@ def test_benchmark_rows_and_table(scheme):
 def test_interleaving_rotates_the_order_and_ratios_are_paired(monkeypatch):
     from resode_tut.experiments import gradient_methods as gm
     calls = []
-    monkeypatch.setattr(gm, "_one_step", lambda stack, x, m: calls.append(m))
+    monkeypatch.setattr(gm, "backward_step", lambda stack, x, m: calls.append(m))
     times = gm.interleaved_times(tanh_stack(2), torch.zeros(1, 2), ["a", "b", "c"], repeats=3)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
     assert all(len(t) == 3 for t in times.values())

@@ -59,8 +59,9 @@ def test_heun_distance_is_second_order_and_has_no_euler_bound():
                            progress=False)
     assert heun.slope("smooth") < -1.8 and -1.2 < euler.slope("smooth") < -0.8
     assert all(math.isnan(b) for b in heun.mean("smooth", "bound"))
-    with pytest.raises(ValueError, match="unknown scheme"):
-        distance_sweep(depths, scheme="rk4", progress=False)
+    for scheme in ("rk4", "momentum"):      # unknown, or a scheme whose state is not x alone
+        with pytest.raises(ValueError, match=f"got scheme '{scheme}'"):
+            distance_sweep(depths, scheme=scheme, progress=False)
 
 
 def test_the_sweep_can_start_from_iid_blocks():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resode_tut.experiments import cache, ch05_runs, ch06, shipped, table1
+from resode_tut.experiments import cache, ch05_runs, ch06, ch08, shipped, table1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,7 +178,8 @@ COMMITTED = sorted((ROOT / "results").glob("*.json"))
 
 def test_the_shipped_results_are_there():
     names = {p.stem for p in COMMITTED}
-    assert {"ch05-table1-paper", "ch06-cpu-full-cpu", *ch05_runs.FULL_RUNS} <= names
+    assert {"ch05-table1-paper", "ch06-cpu-full-cpu", "ch08-benchmark-cpu",
+            *ch05_runs.FULL_RUNS} <= names
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
@@ -199,6 +200,8 @@ def test_every_committed_result_is_current_for_this_code(path, monkeypatch):
         found = ch06.load(stored.config["name"], device, path.parent, any_data=True,
                           scale=stored.provenance.get("scale"))
         assert found is not None, fix
+    elif path.stem.startswith("ch08-benchmark-"):
+        assert ch08.load_benchmark(stored.config["name"], path.parent) is not None, fix
     else:
         pytest.fail(f"{path.name}: no loader knows this result")
 
