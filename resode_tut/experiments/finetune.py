@@ -1,8 +1,8 @@
 """Chapter 6's computation: one run of the fine-tuning experiment, and what keys it.
 
 :func:`run` does the whole experiment for a :class:`FinetuneConfig` (pre-train a tied
-network, untie it, fine-tune the deep stage with backprop, with the adjoint and frozen,
-measure memory and gradients against depth).  Its result's key is made of the
+network, untie it, fine-tune the deep stage alone with backprop, with the adjoint and with
+weight decay alone, measure memory and gradients against depth).  Its result's key is made of the
 configuration, the device type, the data copy, the scale options and the code of this
 module and what it imports (:func:`code_version`); storing, loading, printing and
 plotting live in :mod:`resode_tut.experiments.ch06`, so editing those does not make a
@@ -44,7 +44,7 @@ from .finetune_result import (
     Pretraining,
 )
 
-__all__ = ["FinetuneConfig", "CONFIGS", "DEFAULT_SCALE", "scale_options", "cache_key",
+__all__ = ["FinetuneConfig", "CONFIGS", "CONTROL", "DEFAULT_SCALE", "scale_options", "cache_key",
            "code_version", "get_config", "run"]
 
 
@@ -262,8 +262,9 @@ def run(config: FinetuneConfig | str, device: str | torch.device = "cpu",
         return accuracy(model, test_data, device=device), \
             gradient_agreement(model, x_g, y_g).median
 
-    # 2. untie, fine-tune from the same start with the same seed, once per method, and
-    #    once with the stage frozen (what a stage that learns nothing would give)
+    # 2. untie, fine-tune the stage from the same start with the same seed, once per
+    #    method, and once on weight decay alone (its gradient zeroed: what an adjoint that
+    #    returned zeros would do)
     start = _depth_copy(tied, config.depth, device, train_data)
     curves, finetuned, during = _finetune(start, config, train_data, test_data, device, fit,
                                           adjoint_epoch_end)
@@ -327,31 +328,57 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+CONTROL = "decay"
+"""The control fine-tuning: the stage trained on weight decay alone, its gradient zeroed
+(what a broken adjoint returning zeros would do)."""
+
+
+def _train_stage_only(model: CifarResNet, zero_gradient: bool) -> list:
+    """Make the stage the only trainable part of ``model`` (the official fine-tuning
+    optimises ``layer3`` alone); with ``zero_gradient``, its gradients are replaced by
+    zeros (weight decay then moves it alone). Returns the gradient hooks, to remove.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    hooks = []
+    for p in model.stage.parameters():
+        p.requires_grad_(True)
+        if zero_gradient:
+            hooks.append(p.register_hook(torch.zeros_like))
+    return hooks
+
+
 def _finetune(start, config, train_data, test_data, device, fit, adjoint_epoch_end):
-    """Fine-tune copies of ``start`` once per method and once with the stage frozen, from
-    the same weights with the same seed: the curves, the fine-tuned models (per method)
-    and the notes of the adjoint run's epochs.
+    """Fine-tune copies of ``start``, the stage alone, once per method and once on weight
+    decay alone (:data:`CONTROL`), from the same weights with the same seed: the curves,
+    the fine-tuned models (per method, every parameter trainable again) and the notes of
+    the adjoint run's epochs.
     """
     start_acc = accuracy(start, test_data, device=device)
-    curves, finetuned, during = {}, {}, []
-    for method in (*METHODS, "frozen"):
+    curves, models, during = {}, {}, []
+    for method in (*METHODS, CONTROL):
         model = copy.deepcopy(start)
-        for p in model.stage.parameters():
-            p.requires_grad_(method != "frozen")
+        hooks = _train_stage_only(model, zero_gradient=method == CONTROL)
         hist = train(model, train_data, test_data, config.epochs, config.lr,
-                     method="backprop" if method == "frozen" else method,
+                     method="backprop" if method == CONTROL else method,
                      milestones=config.milestones, seed=config.seed + 1,
                      desc=f"fine-tune N={config.depth} ({method})",
                      evaluate=adjoint_epoch_end if method == "adjoint" else None,
                      **fit(f"finetune-{method}"))
-        travel = float((_stage_vector(model) - _stage_vector(start)).norm())
-        curves[method] = FineTuning([start_acc] + hist.test_accuracy, hist.train_loss,
-                                    hist.seconds, travel)
-        if method in METHODS:
-            finetuned[method] = model
+        for h in hooks:
+            h.remove()
+        model.requires_grad_(True)
+        models[method] = model
+        curves[method] = (hist, _stage_vector(model))
         if method == "adjoint":
             during = hist.notes
-    return curves, finetuned, during
+    moved = {m: float((v - _stage_vector(start)).norm()) for m, (_, v) in curves.items()}
+    # how far each run ended from where weight decay alone took the stage: its gradient's doing
+    by_gradient = {m: float((v - curves[CONTROL][1]).norm()) for m, (_, v) in curves.items()}
+    curves = {m: FineTuning([start_acc] + h.test_accuracy, h.train_loss, h.seconds, moved[m],
+                            by_gradient[m])
+              for m, (h, _) in curves.items()}
+    return curves, {m: models[m] for m in METHODS}, during
 
 
 def _memory(tied, config, test_data, pick, device) -> Memory:

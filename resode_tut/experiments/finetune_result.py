@@ -79,12 +79,17 @@ class FineTuning:
     stage_travel : float
         How far the stage's weights moved from the untied start (Euclidean norm
         over all of the stage's parameters).
+    gradient_travel : float
+        How far they ended from where weight decay alone took them (the ``"decay"``
+        run's end, same norm): the part of the travel the stage's gradient caused
+        (0 for the ``"decay"`` run itself).
     """
 
     test_accuracy: list
     train_loss: list
     seconds: list
     stage_travel: float
+    gradient_travel: float
 
 
 @dataclass
@@ -151,9 +156,9 @@ class FinetuneResult:
     depth : int
         Depth ``N`` of the untied, fine-tuned stage.
     finetune : dict of str to FineTuning
-        One run per gradient method, from the same start and seeds, and
-        ``"frozen"``: the same run with the stage's weights frozen (the baseline
-        that a stage learning nothing would match).
+        One run per gradient method, from the same start and seeds, the stage alone
+        trained, and ``"decay"``: the same run with the stage's gradient zeroed, weight
+        decay alone moving it (what a broken adjoint returning zeros would give).
     stage_gap : float
         Distance between the stage weights fine-tuned by the adjoint and by
         backprop (compare with their ``stage_travel``).
@@ -251,9 +256,9 @@ class FinetuneResult:
         (a load average may be NaN).
         """
         c = self.config
-        frozen = self.finetune.get("frozen")
-        if frozen is None or len(frozen.test_accuracy) != c.epochs + 1:
-            return "no complete frozen-stage run"
+        decay = self.finetune.get("decay")
+        if decay is None or len(decay.test_accuracy) != c.epochs + 1:
+            return "no complete weight-decay-only run"
         for m in methods:
             if m not in self.finetune:
                 return f"no {m} fine-tuning"

@@ -57,8 +57,8 @@ def _fake_result(config, device="cpu", data_id=None):
         pretrain=Pretraining(config.pretrain_depth, [0.5], [1.0], [1.0], {2: 0.45}, 0.4),
         depth=config.depth,
         finetune={m: FineTuning([0.5] * (config.epochs + 1), [1.0] * config.epochs,
-                                [1.0] * config.epochs, 0.0 if m == "frozen" else 1.0)
-                  for m in (*methods, "frozen")},
+                                [1.0] * config.epochs, 1.0, 0.0 if m == "decay" else 1.0)
+                  for m in (*methods, "decay")},
         stage_gap=0.01,
         memory=Memory(list(config.memory_depths), 1,
                       {m: [1] * len(config.memory_depths) for m in methods},
@@ -123,6 +123,64 @@ def test_training_is_seeded_and_the_adjoint_follows_backprop(tmp_path):
     assert runs["a"].train_loss == runs["b"].train_loss
     assert np.allclose(runs["a"].train_loss, runs["c"].train_loss, rtol=2e-2)
     assert runs["a"].train_loss[-1] < runs["a"].train_loss[0]  # it learns
+
+
+def _finetune_runs(tmp_path, monkeypatch=None, zero_adjoint=False):
+    """Chapter 6's three fine-tunings (``compute._finetune``) of a small untied network."""
+    write_batches(tmp_path, 32)
+    tr, te = cifar10(tmp_path, True), cifar10(tmp_path, False)
+    config = dataclasses.replace(TINY, epochs=2, lr=0.05)
+    start = untie(CifarResNet(2, channels=4, tied=True, zero_init=False, seed=0), 8)
+    if zero_adjoint:   # sabotage: an adjoint that returns zeros for the stage
+        real = compute.train
+
+        def broken(model, *args, method="backprop", **kwargs):
+            hooks = [p.register_hook(torch.zeros_like) for p in model.stage.parameters()
+                     ] if method == "adjoint" else []
+            try:
+                return real(model, *args, method=method, **kwargs)
+            finally:
+                for h in hooks:
+                    h.remove()
+
+        monkeypatch.setattr(compute, "train", broken)
+
+    def fit(phase):
+        return dict(device=torch.device("cpu"), batch=32)
+
+    curves, models, _ = compute._finetune(start, config, tr, te, torch.device("cpu"), fit,
+                                          None)
+    gap = float((compute._stage_vector(models["adjoint"])
+                 - compute._stage_vector(models["backprop"])).norm())
+    return start, config, curves, models, gap
+
+
+def test_fine_tuning_trains_the_stage_alone_and_the_control_is_weight_decay(tmp_path):
+    start, config, curves, models, gap = _finetune_runs(tmp_path)
+    for m in ("backprop", "adjoint"):
+        tuned = dict(models[m].named_parameters())
+        for name, p in start.named_parameters():
+            if not name.startswith("stage."):
+                assert torch.equal(tuned[name], p), f"{m} changed {name}"
+        assert all(p.requires_grad for p in models[m].parameters())   # restored
+    # the control: SGD (momentum 0.9) on weight decay alone scales the stage by one factor
+    p, v = 1.0, 0.0
+    for _ in range(config.epochs * -(-len(cifar10(tmp_path, True)) // 32)):
+        v = 0.9 * v + 5e-4 * p
+        p = p - config.lr * v
+    assert curves["decay"].stage_travel == pytest.approx(
+        (1 - p) * float(compute._stage_vector(start).norm()), rel=1e-3)   # float32 steps
+    assert curves["decay"].gradient_travel == 0
+    # what the chapter asserts: the adjoint moved the stage where backprop moved it
+    moved = curves["backprop"].gradient_travel
+    assert moved > 0 and gap < 0.3 * moved
+
+
+def test_a_zeroed_adjoint_gradient_fails_the_chapters_checks(tmp_path, monkeypatch):
+    _, _, curves, _, gap = _finetune_runs(tmp_path, monkeypatch, zero_adjoint=True)
+    assert curves["adjoint"].gradient_travel == pytest.approx(0, abs=1e-12)
+    assert gap > 0.9 * curves["backprop"].gradient_travel
+    assert curves["adjoint"].train_loss == curves["decay"].train_loss
 
 
 def test_the_cache_key_follows_configuration_device_code_and_data(monkeypatch):
@@ -247,9 +305,9 @@ def test_validate_names_what_is_incomplete_or_not_finite():
     nan.gradients.pretrained[0].median = float("nan")
     assert "1 non-finite" in finetune.validate(nan, TINY)
     assert "another configuration" in finetune.validate(good, finetune.CONFIGS["quick"])
-    no_frozen = copy.deepcopy(good)
-    del no_frozen.finetune["frozen"]
-    assert finetune.validate(no_frozen, TINY) == "no complete frozen-stage run"
+    no_control = copy.deepcopy(good)
+    del no_control.finetune["decay"]
+    assert finetune.validate(no_control, TINY) == "no complete weight-decay-only run"
 
 
 def test_damaged_or_incomplete_cache_files_are_recomputed_with_a_warning(tmp_path, monkeypatch):

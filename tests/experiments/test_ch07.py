@@ -256,7 +256,7 @@ def test_torchrun_with_a_worker_killed_then_resumed_ends_as_an_uninterrupted_run
     assert resumed.returncode == 0, log
     assert (watch.parent / "pretrain.pt").stat().st_mtime < killed_at   # not run again
     assert _result(tmp_path / "killed") == _result(tmp_path / "straight")
-    for phase in ("pretrain", "finetune-backprop", "finetune-adjoint", "finetune-frozen"):
+    for phase in ("pretrain", "finetune-backprop", "finetune-adjoint", "finetune-decay"):
         a = torch.load(tmp_path / "straight" / "checkpoints" / marker / f"{phase}.pt",
                        weights_only=True)["model"]
         b = torch.load(tmp_path / "killed" / "checkpoints" / marker / f"{phase}.pt",

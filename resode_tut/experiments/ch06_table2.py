@@ -1,0 +1,218 @@
+"""Paper A's Table 2 at CPU scale, as a shipped result (chapter 6): load it when current,
+else run it (:mod:`resode_tut.experiments.table2`, resumable) and store it with its
+provenance; a table and a figure of it.
+
+Command line (writes ``results/ch06-table2-<config>.json``; a stopped run resumes)::
+
+    python -m resode_tut.experiments.ch06_table2 --config cpu
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import warnings
+from dataclasses import asdict
+
+import torch
+
+from ..datasets.cifar import cifar10, data_identity
+from ..runtime import get_threads
+from . import shipped
+from .cli import positive_int
+from .table2 import CONFIGS, RUNS, Table2Config, compute_table2
+
+__all__ = ["COMPUTING_MODULE", "CONFIGS", "RUNS", "Table2Config", "name", "command", "check",
+           "table2", "rows", "plot", "main"]
+
+#: The module whose code (and imports) the shipped result is keyed on.
+COMPUTING_MODULE = "resode_tut.experiments.table2"
+
+
+def _config(config) -> Table2Config:
+    return shipped.named_config(config, CONFIGS, Table2Config, "Table 2")
+
+
+def name(config) -> str:
+    """The shipped result's name, ``ch06-table2-<config name>``.
+
+    Parameters
+    ----------
+    config : Table2Config or str
+    """
+    return f"ch06-table2-{_config(config).name}"
+
+
+def command(config) -> str:
+    """The command that recomputes (or resumes) ``config``'s shipped result.
+
+    Parameters
+    ----------
+    config : Table2Config or str
+    """
+    return f"python -m resode_tut.experiments.ch06_table2 --config {_config(config).name}"
+
+
+def check(config, data: dict) -> None:
+    """Raise ``ValueError`` naming what is missing from a Table 2 result of ``config``:
+    a run, an epoch, or a non-finite number.
+
+    Parameters
+    ----------
+    config : Table2Config or str
+    data : dict
+        :func:`resode_tut.experiments.table2.compute_table2`'s result.
+    """
+    cfg = _config(config)
+    if len(data["pretrain"]["test_accuracy"]) != cfg.pretrain_epochs:
+        raise ValueError("the pre-training has the wrong number of epochs")
+    for run in RUNS:
+        r = data["runs"].get(run)
+        if r is None or len(r["test_accuracy"]) != cfg.epochs:
+            raise ValueError(f"no complete {run} fine-tuning")
+        numbers = [*r["test_accuracy"], *r["train_loss"], r["stage_travel"],
+                   r["gradient_travel"]]
+        if not all(float(v) == float(v) and abs(float(v)) != float("inf") for v in numbers):
+            raise ValueError(f"the {run} fine-tuning has a non-finite number")
+    if len(data["runs"]["adjoint"]["self_check"]) != cfg.epochs:
+        raise ValueError("the adjoint's self-check is missing for some epochs")
+
+
+def table2(config="cpu", store: bool = True, force: bool = False,
+           processes: int | None = None, root=None):
+    """Paper A's Table 2 experiment: the shipped result when current, else the run (stored
+    with ``store``; a stopped run resumes from its checkpoints and finished fine-tunings).
+
+    Parameters
+    ----------
+    config : Table2Config or str
+        ``"cpu"`` (the shipped run), ``"gpu-full"`` (the paper's) or ``"smoke"``.
+    store : bool
+        Write the result to the results folder (the run's checkpoints always live under
+        its ``.partial`` folder, removed once the result is stored).
+    force : bool
+        Compute even if a current result is shipped.
+    processes : int, optional
+        Worker processes for the fine-tunings (default: all cores).
+    root : path, optional
+        The CIFAR-10 folder (default :func:`resode_tut.datasets.cifar.default_root`).
+
+    Returns
+    -------
+    data : dict
+        :func:`resode_tut.experiments.table2.compute_table2`'s result.
+    result : ShippedResult or None
+        Where it came from (loaded or stored), else None.
+    """
+    cfg = _config(config)
+    source = cifar10(root, train=False).source        # a missing copy fails here, first
+    data_id = data_identity(root)
+    key = shipped.result_key(asdict(cfg), COMPUTING_MODULE, data=data_id)
+    if not force:
+        found = shipped.load_current(name(cfg), key)
+        if found is not None:
+            try:
+                check(cfg, found.data)
+                return found.data, found
+            except (KeyError, TypeError, ValueError) as err:
+                warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=2)
+    folder = shipped.check_writable() / ".partial" / f"{name(cfg)}-{key}"
+    commit = shipped.git_commit()
+    data = compute_table2(cfg, processes, folder, root, fingerprint=key)
+    data.update(data_source=source, data_id=data_id)
+    check(cfg, data)
+    if not store:
+        return data, None
+    invocations = data.pop("invocations")
+    result = shipped.ShippedResult(
+        name(cfg), key, asdict(cfg),
+        shipped.provenance(command(cfg), data["seconds"], commit=commit,
+                           processes=data["processes"], invocations=invocations,
+                           data=source), data)
+    shipped.save(result)
+    shutil.rmtree(folder)
+    return data, result
+
+
+def rows(data: dict) -> list:
+    """Table 2's rows: ``(what, test accuracy %)``, the tied network before fine-tuning,
+    then each fine-tuning's last epoch.
+
+    Parameters
+    ----------
+    data : dict
+        :func:`table2`'s result.
+    """
+    out = [("tied, before fine-tuning", 100 * data["start_accuracy"])]
+    labels = {"backprop": "fine-tuned, backprop", "adjoint": "fine-tuned, adjoint",
+              "decay": "weight decay alone (gradient zeroed)"}
+    for run in RUNS:
+        out.append((labels[run], 100 * data["runs"][run]["test_accuracy"][-1]))
+    return out
+
+
+_STYLE = {"backprop": ("tab:blue", "-", "o"), "adjoint": ("tab:orange", "--", "x"),
+          "decay": ("0.5", ":", "")}
+
+
+def plot(data: dict, title: str = ""):
+    """Test accuracy and training loss per fine-tuning epoch, the three runs, the tied
+    network's accuracy as a dotted line; returns the matplotlib Figure.
+
+    Parameters
+    ----------
+    data : dict
+        :func:`table2`'s result.
+    title : str
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+    start = 100 * data["start_accuracy"]
+    acc.axhline(start, color="0.3", ls=":", lw=1, label="tied, before fine-tuning")
+    for run in RUNS:
+        colour, ls, marker = _STYLE[run]
+        r = data["runs"][run]
+        epochs = range(len(r["test_accuracy"]) + 1)
+        acc.plot(epochs, [start] + [100 * a for a in r["test_accuracy"]], color=colour, ls=ls,
+                 marker=marker, label=run)
+        loss.plot(range(1, len(r["train_loss"]) + 1), r["train_loss"], color=colour, ls=ls,
+                  marker=marker, label=run)
+    acc.set(xlabel="fine-tuning epoch (0: the untied start)", ylabel="test accuracy (%)")
+    loss.set(xlabel="fine-tuning epoch", ylabel="training loss (epoch mean)")
+    acc.legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def main(argv=None) -> int:
+    """``python -m resode_tut.experiments.ch06_table2 --config cpu``: run (or resume) and
+    store paper A's Table 2 experiment at CPU scale.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+    """
+    parser = argparse.ArgumentParser(prog="python -m resode_tut.experiments.ch06_table2",
+                                     description=main.__doc__.split("\n")[0])
+    parser.add_argument("--config", default="cpu", choices=sorted(CONFIGS))
+    parser.add_argument("--processes", type=positive_int, default=None,
+                        help="worker processes for the fine-tunings (default: all cores)")
+    parser.add_argument("--data", default=None, help="the CIFAR-10 folder")
+    parser.add_argument("--force", action="store_true", help="rerun a current result")
+    parser.add_argument("--threads", type=positive_int, default=get_threads(),
+                        help="torch threads of the pre-training (default $RESODE_THREADS, "
+                             "else 1); each fine-tuning process runs one")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data, result = table2(args.config, force=args.force, processes=args.processes,
+                          root=args.data)
+    if result is not None:
+        print(shipped.describe(result))
+    for what, acc in rows(data):
+        print(f"{what:40s} {acc:5.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
