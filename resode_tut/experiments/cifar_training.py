@@ -22,7 +22,7 @@ from ..cifar_resnet import CifarResNet
 from ..datasets.cifar import Cifar10, prepare
 from ..memory import CudaPeak
 from ..progress import progress
-from .finetune_result import Agreement
+from .agreement import Agreement
 from .gradient_methods import relative_error, saved_bytes
 from .history import SelfCheckLog, TrainHistory
 

@@ -12,33 +12,14 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from .agreement import Agreement
+
 __all__ = ["Agreement", "Pretraining", "FineTuning", "Memory", "Gradients",
            "FinetuneResult", "MalformedResult"]
 
 
 class MalformedResult(ValueError):
     """A result file that is not a complete :class:`FinetuneResult`."""
-
-
-@dataclass
-class Agreement:
-    """Adjoint gradients against backprop's for one network, on one batch.
-
-    Attributes
-    ----------
-    per_tensor : list of float
-        Relative squared error ``mean((g_bp - g_adj)^2) / mean(g_bp^2)`` of each stage
-        weight tensor.
-    median, max : float
-        Over ``per_tensor``.
-    total : float
-        Relative error of the whole stage gradient, ``||g_bp - g_adj|| / ||g_bp||``.
-    """
-
-    per_tensor: list
-    median: float
-    max: float
-    total: float
 
 
 @dataclass
