@@ -49,6 +49,7 @@ from .cifar_training import (
 from .cli import positive_int, torch_device
 from .finetune import (
     CONFIGS,
+    CONTROL,
     DEFAULT_SCALE,
     FinetuneConfig,
     cache_key,
@@ -65,7 +66,8 @@ from .plots import use_style
 from .shipped import describe
 
 __all__ = ["use_style",
-           "FinetuneConfig", "CONFIGS", "METHODS", "run", "train_or_load", "load", "cache_key",
+           "FinetuneConfig", "CONFIGS", "CONTROL", "METHODS", "run", "train_or_load", "load",
+           "cache_key",
            "code_version", "default_results_dir", "validate", "FinetuneResult", "get_config",
            "result_name", "command", "describe", "describe_config",
            "MalformedResult", "stale_results", "plot_accuracy", "plot_memory",
@@ -302,12 +304,13 @@ def train_or_load(config: FinetuneConfig | str, device: str | torch.device = "cp
     return result
 
 
-_COLOURS = {"backprop": "tab:blue", "adjoint": "tab:orange"}
+_COLOURS = {"backprop": "tab:blue", "adjoint": "tab:orange", CONTROL: "0.45"}
 
 
 def plot_accuracy(result: FinetuneResult, ax) -> None:
-    """Test accuracy per fine-tuning epoch for both methods, with the tied network's
-    accuracy after pre-training (at its own depth) as a dotted line.
+    """Test accuracy per fine-tuning epoch for both methods and for the weight-decay-only
+    control, with the tied network's accuracy after pre-training (at its own depth) as a
+    dotted line.
 
     Parameters
     ----------
@@ -319,11 +322,13 @@ def plot_accuracy(result: FinetuneResult, ax) -> None:
     pre = result.pretrain
     ax.axhline(100 * pre.test_accuracy[-1], color="0.5", ls=":",
                label=f"tied, N = {pre.depth}, after pre-training")
-    for m in METHODS:
+    style = {"backprop": ("-", "o"), "adjoint": ("--", "x"), CONTROL: (":", ".")}
+    for m in (*METHODS, CONTROL):
         acc = result.finetune[m].test_accuracy
-        ax.plot(range(len(acc)), [100 * a for a in acc], color=_COLOURS[m],
-                ls="-" if m == "backprop" else "--", marker="o" if m == "backprop" else "x",
-                label=f"untied, N = {result.depth}, {m}")
+        label = (f"untied, N = {result.depth}, {m}" if m in METHODS
+                 else "stage gradient zeroed (weight decay alone)")
+        ax.plot(range(len(acc)), [100 * a for a in acc], color=_COLOURS[m], ls=style[m][0],
+                marker=style[m][1], label=label)
     ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
     copy_name = SHORT_NAMES.get(result.data_source, result.data_source)
     ax.set(xlabel="fine-tuning epoch (0: the untied start)", ylabel="test accuracy (%)",
@@ -428,11 +433,13 @@ def summary(result: FinetuneResult) -> str:
              f"shared BatchNorm statistics: {100 * pre.accuracy_shared_statistics:.1f}%); "
              "at other depths: "
              + ", ".join(f"N={d}: {100 * a:.1f}%" for d, a in pre.accuracy_at_depth.items())]
-    for m in METHODS:
+    for m in (*METHODS, CONTROL):
         lines.append(f"fine-tune N={result.depth} with {m:8s}: "
                      f"{100 * ft[m].test_accuracy[0]:.1f}% -> {100 * ft[m].test_accuracy[-1]:.1f}%"
                      f" in {len(ft[m].seconds)} epochs, "
-                     f"{sum(ft[m].seconds) / len(ft[m].seconds):.1f} s/epoch")
+                     f"{sum(ft[m].seconds) / len(ft[m].seconds):.1f} s/epoch, stage moved "
+                     f"{ft[m].stage_travel:.3f} ({ft[m].gradient_travel:.3f} from the "
+                     f"{CONTROL} run's end)")
     mem = result.memory
     for i, d in enumerate(mem.depths):
         line = (f"N={d:4d}: stage keeps {mem.saved_bytes['backprop'][i] / 2 ** 20:8.2f} MiB "

@@ -22,7 +22,7 @@ from .cli import positive_int
 from .table2 import CONFIGS, RUNS, Table2Config, compute_table2
 
 __all__ = ["COMPUTING_MODULE", "CONFIGS", "RUNS", "Table2Config", "name", "command", "check",
-           "table2", "rows", "plot", "main"]
+           "result_key", "load", "table2", "rows", "plot", "main"]
 
 #: The module whose code (and imports) the shipped result is keyed on.
 COMPUTING_MODULE = "resode_tut.experiments.table2"
@@ -77,6 +77,43 @@ def check(config, data: dict) -> None:
         raise ValueError("the adjoint's self-check is missing for some epochs")
 
 
+def result_key(config) -> str:
+    """The key of ``config``'s result: the configuration and the code that computes it
+    (:data:`COMPUTING_MODULE` and what it imports). The CIFAR-10 copy is recorded in the
+    result (``data_source``, ``data_id``), not keyed: a result made on the JPEG mirror is
+    shown, naming it, where the official archive is installed.
+
+    Parameters
+    ----------
+    config : Table2Config or str
+    """
+    return shipped.result_key(asdict(_config(config)), COMPUTING_MODULE)
+
+
+def load(config="cpu"):
+    """The stored result of ``config`` when it is current for this code and complete, else
+    None (with a warning for an incomplete file; always None with ``RESODE_RECOMPUTE=1``).
+
+    Parameters
+    ----------
+    config : Table2Config or str
+
+    Returns
+    -------
+    ShippedResult or None
+    """
+    cfg = _config(config)
+    found = shipped.load_current(name(cfg), result_key(cfg))
+    if found is None:
+        return None
+    try:
+        check(cfg, found.data)
+    except (KeyError, TypeError, ValueError) as err:
+        warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=2)
+        return None
+    return found
+
+
 def table2(config="cpu", store: bool = True, force: bool = False,
            processes: int | None = None, root=None):
     """Paper A's Table 2 experiment: the shipped result when current, else the run (stored
@@ -104,17 +141,13 @@ def table2(config="cpu", store: bool = True, force: bool = False,
         Where it came from (loaded or stored), else None.
     """
     cfg = _config(config)
+    if not force:
+        found = load(cfg)
+        if found is not None:
+            return found.data, found
     source = cifar10(root, train=False).source        # a missing copy fails here, first
     data_id = data_identity(root)
-    key = shipped.result_key(asdict(cfg), COMPUTING_MODULE, data=data_id)
-    if not force:
-        found = shipped.load_current(name(cfg), key)
-        if found is not None:
-            try:
-                check(cfg, found.data)
-                return found.data, found
-            except (KeyError, TypeError, ValueError) as err:
-                warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=2)
+    key = result_key(cfg)
     folder = shipped.check_writable() / ".partial" / f"{name(cfg)}-{key}"
     commit = shipped.git_commit()
     data = compute_table2(cfg, processes, folder, root, fingerprint=key)
