@@ -9,6 +9,7 @@ Command line (writes ``results/ch06-table2-<config>.json``; a stopped run resume
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import warnings
 from dataclasses import asdict
@@ -19,10 +20,12 @@ from ..datasets.cifar import cifar10, data_identity
 from ..runtime import get_threads
 from . import shipped
 from .cli import positive_int
+from .gradient_methods import saved_bytes
 from .table2 import CONFIGS, RUNS, Table2Config, compute_table2
 
 __all__ = ["COMPUTING_MODULE", "CONFIGS", "RUNS", "Table2Config", "name", "command", "check",
-           "result_key", "load", "table2", "rows", "plot", "main"]
+           "result_key", "load", "table2", "for_page", "stage_saved_bytes", "rows", "plot",
+           "main"]
 
 #: The module whose code (and imports) the shipped result is keyed on.
 COMPUTING_MODULE = "resode_tut.experiments.table2"
@@ -164,6 +167,57 @@ def table2(config="cpu", store: bool = True, force: bool = False,
     shipped.save(result)
     shutil.rmtree(folder)
     return data, result
+
+
+def for_page(quick: bool, root=None):
+    """What a chapter shows: the shipped ``"cpu"`` result when it is current for this code
+    (computed on whichever copy of CIFAR-10 it names); otherwise, in full mode, that run
+    itself (hours on a CPU, resumable), and in quick mode the ``"smoke"`` run (seconds:
+    the code runs end to end, its numbers are not results).
+
+    Parameters
+    ----------
+    quick : bool
+    root : path, optional
+        The CIFAR-10 folder for a run.
+
+    Returns
+    -------
+    data : dict
+        :func:`table2`'s result.
+    config : Table2Config
+        The configuration it is of.
+    result : ShippedResult or None
+        The stored file with its provenance (None for the smoke run).
+    """
+    found = load("cpu")
+    if found is not None:
+        return found.data, CONFIGS["cpu"], found
+    name_ = "smoke" if quick else "cpu"
+    data, result = table2(name_, store=not quick, root=root)
+    return data, CONFIGS[name_], result
+
+
+def stage_saved_bytes(model, x: torch.Tensor, stage: int, method: str) -> int:
+    """Bytes the residual functions of ``model.stages[stage]`` keep for backward in one
+    forward pass of ``x`` (train mode, a copy: the model's BatchNorm statistics are left
+    alone), by backprop or by the adjoint.
+
+    Parameters
+    ----------
+    model : BottleneckResNet
+    x : torch.Tensor, shape (B, 3, 32, 32)
+        Normalised images.
+    stage : int
+    method : {"backprop", "adjoint"}
+    """
+    model = copy.deepcopy(model).train()
+    with torch.no_grad():
+        z = model.stem(x)
+        for s in range(stage):
+            z = torch.relu(model.stages[s](model.blocks[s](z)))
+        z = model.blocks[stage](z)
+    return saved_bytes(model.stages[stage], z, method)
 
 
 def rows(data: dict) -> list:
