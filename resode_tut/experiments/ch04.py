@@ -43,7 +43,8 @@ from .plots import depth_axis, use_style
 
 __all__ = ["use_style", "DepthTrainingSweep", "depth_training_sweep", "distance_sweep", "gradients",
            "relative_error", "adjoint_error_sweep", "depth_axis", "FIG4_CONFIGS", "Fig4Config",
-           "cifar_fig4", "fig4_sweep", "fig4_name", "fig4_command", "plot_fig4", "main"]
+           "cifar_fig4", "fig4_for_page", "fig4_sweep", "fig4_name", "fig4_command", "plot_fig4",
+           "main"]
 
 
 @dataclass
@@ -329,6 +330,40 @@ def cifar_fig4(config="cpu", store: bool = True, force: bool = False,
     shipped.save(result)
     shutil.rmtree(chunks)
     return sweep, result
+
+
+def fig4_for_page(quick: bool, root=None):
+    """What chapter 4 shows: the shipped ``"cpu"`` Fig. 4 result when it is current for
+    this code; otherwise, in full mode, that run itself (hours on a CPU, resumable), and in
+    quick mode the ``"smoke"`` run (seconds: the code runs end to end, its numbers are not
+    results).
+
+    Parameters
+    ----------
+    quick : bool
+    root : path, optional
+        The CIFAR-10 folder for a run.
+
+    Returns
+    -------
+    sweep : DepthTrainingSweep
+    config : Fig4Config
+    result : ShippedResult or None
+        The stored file with its provenance (None for the smoke run).
+    """
+    cfg = FIG4_CONFIGS["cpu"]
+    found = shipped.load_current(fig4_name(cfg),
+                                 shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE))
+    if found is not None:
+        try:
+            return fig4_sweep(cfg, found.data), cfg, found
+        except (KeyError, TypeError, ValueError) as err:
+            warnings.warn(f"ignoring {found.path} ({err})", stacklevel=2)
+    if quick:
+        sweep, _ = cifar_fig4("smoke", store=False, root=root)
+        return sweep, FIG4_CONFIGS["smoke"], None
+    sweep, result = cifar_fig4("cpu", root=root)
+    return sweep, cfg, result
 
 
 def plot_fig4(sweep: DepthTrainingSweep, title: str = ""):
