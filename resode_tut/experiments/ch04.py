@@ -43,8 +43,8 @@ from .plots import depth_axis, use_style
 
 __all__ = ["use_style", "DepthTrainingSweep", "depth_training_sweep", "distance_sweep", "gradients",
            "relative_error", "adjoint_error_sweep", "depth_axis", "FIG4_CONFIGS", "Fig4Config",
-           "cifar_fig4", "fig4_for_page", "fig4_sweep", "fig4_name", "fig4_command", "plot_fig4",
-           "main"]
+           "cifar_fig4", "load_fig4", "fig4_for_page", "fig4_sweep", "fig4_name", "fig4_command",
+           "plot_fig4", "main"]
 
 
 @dataclass
@@ -305,12 +305,9 @@ def cifar_fig4(config="cpu", store: bool = True, force: bool = False,
     cfg = _fig4_config(config)
     key = shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE)   # the code that runs
     if not force:
-        found = shipped.load_current(fig4_name(cfg), key)
-        if found is not None:
-            try:
-                return fig4_sweep(cfg, found.data), found
-            except (KeyError, TypeError, ValueError) as err:
-                warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=2)
+        loaded = load_fig4(cfg)
+        if loaded is not None:
+            return loaded
     chunks = None
     if store:
         chunks = shipped.check_writable() / ".partial" / f"{fig4_name(cfg)}-{key}"
@@ -330,6 +327,34 @@ def cifar_fig4(config="cpu", store: bool = True, force: bool = False,
     shipped.save(result)
     shutil.rmtree(chunks)
     return sweep, result
+
+
+def load_fig4(config="cpu", directory=None):
+    """The stored Fig. 4 result of ``config`` when it is current for this code and
+    complete, else None (with a warning for an incomplete file; always None with
+    ``RESODE_RECOMPUTE=1``).
+
+    Parameters
+    ----------
+    config : Fig4Config or str
+    directory : path, optional
+        Where to look (default: ``$RESODE_RESULTS``, then the shipped results).
+
+    Returns
+    -------
+    tuple of (DepthTrainingSweep, ShippedResult), or None
+    """
+    cfg = _fig4_config(config)
+    found = shipped.load_current(fig4_name(cfg),
+                                 shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE),
+                                 directory)
+    if found is None:
+        return None
+    try:
+        return fig4_sweep(cfg, found.data), found
+    except (KeyError, TypeError, ValueError) as err:
+        warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=2)
+        return None
 
 
 def fig4_for_page(quick: bool, root=None):
@@ -352,13 +377,9 @@ def fig4_for_page(quick: bool, root=None):
         The stored file with its provenance (None for the smoke run).
     """
     cfg = FIG4_CONFIGS["cpu"]
-    found = shipped.load_current(fig4_name(cfg),
-                                 shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE))
-    if found is not None:
-        try:
-            return fig4_sweep(cfg, found.data), cfg, found
-        except (KeyError, TypeError, ValueError) as err:
-            warnings.warn(f"ignoring {found.path} ({err})", stacklevel=2)
+    loaded = load_fig4(cfg)
+    if loaded is not None:
+        return loaded[0], cfg, loaded[1]
     if quick:
         sweep, _ = cifar_fig4("smoke", store=False, root=root)
         return sweep, FIG4_CONFIGS["smoke"], None

@@ -93,20 +93,22 @@ def result_key(config) -> str:
     return shipped.result_key(asdict(_config(config)), COMPUTING_MODULE)
 
 
-def load(config="cpu"):
+def load(config="cpu", directory=None):
     """The stored result of ``config`` when it is current for this code and complete, else
     None (with a warning for an incomplete file; always None with ``RESODE_RECOMPUTE=1``).
 
     Parameters
     ----------
     config : Table2Config or str
+    directory : path, optional
+        Where to look (default: ``$RESODE_RESULTS``, then the shipped results).
 
     Returns
     -------
     ShippedResult or None
     """
     cfg = _config(config)
-    found = shipped.load_current(name(cfg), result_key(cfg))
+    found = shipped.load_current(name(cfg), result_key(cfg), directory)
     if found is None:
         return None
     try:

@@ -228,7 +228,8 @@ def pretrain(config: Table2Config, root=None, folder=None, fingerprint: str = ""
 
 def _start(config: Table2Config, folder, fingerprint: str) -> BottleneckResNet:
     """The untied start: the pre-trained tied network (its finished checkpoint) with
-    ``config.stage`` untied into ``config.depth - 1`` functions."""
+    ``config.stage`` untied into ``config.depth - 1`` functions.
+    """
     model = _tied(config)
     state = ckpt.load(Path(folder) / "pretrain.pt", f"{fingerprint}/pretrain")
     if state["epoch"] != config.pretrain_epochs:
@@ -285,7 +286,8 @@ def _finetuned(config: Table2Config, folder, run: str, fingerprint: str) -> Bott
 
 def _gradient_agreement(model: BottleneckResNet, config: Table2Config, root) -> float:
     """Relative error ``||g_adj - g_bp|| / ||g_bp||`` of the stage's gradient on one test
-    batch, train mode (BatchNorm statistics of the batch), as in fine-tuning."""
+    batch, train mode (BatchNorm statistics of the batch), as in fine-tuning.
+    """
     test_data = _data(root, False, config.test_images, config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     idx = torch.randperm(len(test_data), generator=gen)[:config.gradient_batch]

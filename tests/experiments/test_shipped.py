@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resode_tut.experiments import cache, ch05_runs, ch06, ch08, shipped, table1
+from resode_tut.experiments import cache, ch04, ch05_runs, ch06, ch06_table2, ch08, shipped, table1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,8 +178,8 @@ COMMITTED = sorted((ROOT / "results").glob("*.json"))
 
 def test_the_shipped_results_are_there():
     names = {p.stem for p in COMMITTED}
-    assert {"ch05-table1-paper", "ch06-cpu-full-cpu", "ch08-benchmark-cpu",
-            *ch05_runs.FULL_RUNS} <= names
+    assert {"ch04-fig4-cpu", "ch05-table1-paper", "ch06-cpu-full-cpu", "ch06-table2-cpu",
+            "ch08-benchmark-cpu", *ch05_runs.FULL_RUNS} <= names
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
@@ -194,6 +194,10 @@ def test_every_committed_result_is_current_for_this_code(path, monkeypatch):
         assert table1.load_table1(stored.config["name"], path.parent) is not None, fix
     elif path.stem in ch05_runs.FULL_RUNS:
         assert ch05_runs.is_current(path.stem, path.parent), fix
+    elif path.stem.startswith("ch04-fig4-"):
+        assert ch04.load_fig4(stored.config["name"], path.parent) is not None, fix
+    elif path.stem.startswith("ch06-table2-"):
+        assert ch06_table2.load(stored.config["name"], path.parent) is not None, fix
     elif path.stem.startswith("ch06-"):
         device = path.stem.split("-")[-1] if not stored.provenance.get("scale") or \
             stored.provenance["scale"] == ch06.DEFAULT_SCALE else stored.provenance["device"]
@@ -227,6 +231,8 @@ def test_a_pip_installed_package_finds_the_shipped_results(tmp_path):
             "assert shipped.results_dir().name == 'results'\n"
             "assert table1.load_table1('paper') is not None\n"
             "assert ch06.load('cpu-full', 'cpu', any_data=True) is not None\n"
+            "from resode_tut.experiments import ch04, ch06_table2\n"
+            "assert ch04.load_fig4('cpu') is not None and ch06_table2.load('cpu') is not None\n"
             "from resode_tut.experiments import ch05_runs\n"
             "assert all(ch05_runs.is_current(n) for n in ch05_runs.FULL_RUNS)\n"
             "print('ok')" % str(target))
