@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import warnings
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -345,16 +344,9 @@ def load_fig4(config="cpu", directory=None):
     tuple of (DepthTrainingSweep, ShippedResult), or None
     """
     cfg = _fig4_config(config)
-    found = shipped.load_current(fig4_name(cfg),
-                                 shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE),
-                                 directory)
-    if found is None:
-        return None
-    try:
-        return fig4_sweep(cfg, found.data), found
-    except (KeyError, TypeError, ValueError) as err:
-        warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=2)
-        return None
+    return shipped.load_checked(fig4_name(cfg),
+                                shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE),
+                                lambda found: fig4_sweep(cfg, found.data), directory)
 
 
 def fig4_for_page(quick: bool, root=None):

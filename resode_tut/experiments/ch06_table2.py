@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import shutil
-import warnings
 from dataclasses import asdict
 
 import torch
@@ -108,15 +107,9 @@ def load(config="cpu", directory=None):
     ShippedResult or None
     """
     cfg = _config(config)
-    found = shipped.load_current(name(cfg), result_key(cfg), directory)
-    if found is None:
-        return None
-    try:
-        check(cfg, found.data)
-    except (KeyError, TypeError, ValueError) as err:
-        warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=2)
-        return None
-    return found
+    loaded = shipped.load_checked(name(cfg), result_key(cfg),
+                                  lambda found: check(cfg, found.data), directory)
+    return None if loaded is None else loaded[1]
 
 
 def table2(config="cpu", store: bool = True, force: bool = False,

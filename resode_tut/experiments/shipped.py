@@ -53,7 +53,8 @@ import torch
 from .cache import code_key, code_tokens
 
 __all__ = ["FORMAT", "ShippedResult", "code_tokens", "code_key", "result_key", "results_dir",
-           "recompute_requested", "git_commit", "read", "search_dirs", "load_current", "save",
+           "recompute_requested", "git_commit", "read", "search_dirs", "load_current",
+           "load_checked", "save",
            "check_writable", "named_config",
            "provenance", "describe", "shipped_names"]
 
@@ -289,6 +290,34 @@ def load_current(name: str, key: str, directory=None) -> ShippedResult | None:
         if found is not None and found.key == key:
             return found
     return None
+
+
+def load_checked(name: str, key: str, check, directory=None):
+    """:func:`load_current`, then ``check(result)``: the result, or None when it is
+    missing, stale or fails the check (which then warns with the check's message).
+
+    Parameters
+    ----------
+    name, key : str
+        As for :func:`load_current`.
+    check : callable
+        ``check(ShippedResult)``: what a caller makes of the result (e.g. a sweep); it
+        raises ``KeyError``, ``TypeError`` or ``ValueError`` for an incomplete one.
+    directory : path, optional
+        As for :func:`load_current`.
+
+    Returns
+    -------
+    tuple of (``check``'s return value, ShippedResult), or None
+    """
+    found = load_current(name, key, directory)
+    if found is None:
+        return None
+    try:
+        return check(found), found
+    except (KeyError, TypeError, ValueError) as err:
+        warnings.warn(f"ignoring {found.path} ({err}): it is recomputed", stacklevel=3)
+        return None
 
 
 def save(result: ShippedResult, directory=None) -> Path:

@@ -282,3 +282,12 @@ def test_an_empty_results_folder_never_hides_the_shipped_results(monkeypatch, tm
     # a current result of your own comes first; a stale one does not hide the shipped one
     shipped.save(shipped.ShippedResult("ch05-table1-paper", "stale", {}, {}, None), tmp_path)
     assert table1.load_table1("paper").shipped.path.parent == ROOT / "results"
+
+
+def test_load_checked_serves_a_result_that_passes_its_check_and_names_one_that_fails(tmp_path):
+    shipped.save(_result(data={"runs": [1, 2]}), tmp_path)
+    sweep, found = shipped.load_checked("demo", "k1", lambda r: len(r.data["runs"]), tmp_path)
+    assert sweep == 2 and found.data == {"runs": [1, 2]}
+    assert shipped.load_checked("demo", "k2", lambda r: 0, tmp_path) is None        # stale
+    with pytest.warns(UserWarning, match="demo.json .*'missing'.*recomputed"):
+        assert shipped.load_checked("demo", "k1", lambda r: r.data["missing"], tmp_path) is None
