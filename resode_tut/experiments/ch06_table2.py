@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import shutil
+import tempfile
 from dataclasses import asdict
 
 import torch
@@ -122,8 +123,9 @@ def table2(config="cpu", store: bool = True, force: bool = False,
     config : Table2Config or str
         ``"cpu"`` (the shipped run), ``"gpu-full"`` (the paper's) or ``"smoke"``.
     store : bool
-        Write the result to the results folder (the run's checkpoints always live under
-        its ``.partial`` folder, removed once the result is stored).
+        Write the result to the results folder; the run's checkpoints live under its
+        ``.partial`` folder, removed once the result is stored (without ``store``: in a
+        temporary folder, so a stopped run starts afresh).
     force : bool
         Compute even if a current result is shipped.
     processes : int, optional
@@ -146,13 +148,17 @@ def table2(config="cpu", store: bool = True, force: bool = False,
     source = cifar10(root, train=False).source        # a missing copy fails here, first
     data_id = data_identity(root)
     key = result_key(cfg)
+    if not store:          # checkpoints in a temporary folder, removed with it
+        with tempfile.TemporaryDirectory() as tmp:
+            data = compute_table2(cfg, processes, tmp, root, fingerprint=key)
+        data.update(data_source=source, data_id=data_id)
+        check(cfg, data)
+        return data, None
     folder = shipped.check_writable() / ".partial" / f"{name(cfg)}-{key}"
     commit = shipped.git_commit()
     data = compute_table2(cfg, processes, folder, root, fingerprint=key)
     data.update(data_source=source, data_id=data_id)
     check(cfg, data)
-    if not store:
-        return data, None
     invocations = data.pop("invocations")
     result = shipped.ShippedResult(
         name(cfg), key, asdict(cfg),

@@ -1,4 +1,5 @@
 """Paper A's Fig. 4 on CIFAR-10 (chapter 4): the run's protocol, resumption and storage."""
+import dataclasses
 import json
 
 import numpy as np
@@ -204,3 +205,18 @@ def test_tiny_resnet_is_the_official_network():
                       heun_cifar.OfficialHeun)
     with pytest.raises(ValueError, match="shape"):
         net(torch.randn(2, 3, 28, 28))
+
+
+def test_the_page_shows_the_current_cpu_result_else_a_smoke_run(monkeypatch):
+    """Quick mode never starts the hours-long run: without a current result it runs the
+    smoke configuration and says it has no result; with one, it loads it."""
+    monkeypatch.setitem(heun_cifar.FIG4_CONFIGS, "smoke", TINY)
+    monkeypatch.setitem(ch04.FIG4_CONFIGS, "smoke", TINY)
+    monkeypatch.setitem(ch04.FIG4_CONFIGS, "cpu", dataclasses.replace(TINY, name="cpu"))
+    monkeypatch.setattr(heun_cifar, "default_processes", lambda: 1)
+    sweep, cfg, result = ch04.fig4_for_page(quick=True)
+    assert result is None and cfg is TINY and list(sweep.depths) == [2, 4]
+    assert not list(shipped_mod.results_dir().glob("ch04-fig4-*.json"))
+    ch04.cifar_fig4("cpu", processes=1)                   # now a current "cpu" result exists
+    sweep, cfg, result = ch04.fig4_for_page(quick=True)
+    assert cfg.name == "cpu" and result is not None and result.name == "ch04-fig4-cpu"

@@ -1,6 +1,7 @@
 """Paper A's Table 2 at CPU scale (chapter 6): the protocol (only the stage trains, the
 zero-gradient control is weight decay alone), resumption and storage."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -177,3 +178,15 @@ def test_the_cli_runs_and_stores(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         ch06_table2.main(["--config", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_page_shows_the_current_cpu_result_else_a_smoke_run(monkeypatch):
+    monkeypatch.setitem(ch06_table2.CONFIGS, "smoke", TINY)
+    monkeypatch.setitem(ch06_table2.CONFIGS, "cpu", replace(TINY, name="cpu"))
+    monkeypatch.setattr(table2, "default_processes", lambda: 1)
+    data, cfg, result = ch06_table2.for_page(quick=True)
+    assert result is None and cfg is TINY and len(data["runs"]["adjoint"]["test_accuracy"]) == 3
+    assert not (ch06_table2.shipped.results_dir() / ".partial").exists()   # nothing left
+    ch06_table2.table2("cpu", processes=1)
+    data, cfg, result = ch06_table2.for_page(quick=True)
+    assert cfg.name == "cpu" and result is not None and result.name == "ch06-table2-cpu"
