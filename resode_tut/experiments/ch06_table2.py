@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import platform
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -19,7 +20,7 @@ import torch
 from ..datasets.cifar import cifar10, data_identity
 from ..runtime import get_threads
 from . import shipped
-from .cli import positive_int
+from .cli import check_device, positive_int, torch_device
 from .gradient_methods import saved_bytes
 from .table2 import CONFIGS, RUNS, Table2Config, compute_table2
 
@@ -45,14 +46,18 @@ def name(config) -> str:
     return f"ch06-table2-{_config(config).name}"
 
 
-def command(config) -> str:
+def command(config, device="cpu") -> str:
     """The command that recomputes (or resumes) ``config``'s shipped result.
 
     Parameters
     ----------
     config : Table2Config or str
+    device : str or torch.device
+        Where it runs (named in the command unless the CPU).
     """
-    return f"python -m resode_tut.experiments.ch06_table2 --config {_config(config).name}"
+    extra = "" if torch.device(device).type == "cpu" else \
+        f" --device {torch.device(device).type} --download"
+    return f"python -m resode_tut.experiments.ch06_table2 --config {_config(config).name}{extra}"
 
 
 def check(config, data: dict) -> None:
@@ -78,6 +83,14 @@ def check(config, data: dict) -> None:
             raise ValueError(f"the {run} fine-tuning has a non-finite number")
     if len(data["runs"]["adjoint"]["self_check"]) != cfg.epochs:
         raise ValueError("the adjoint's self-check is missing for some epochs")
+
+
+def device_name(device) -> str:
+    """The device in words: the GPU's name, or ``CPU (<processor>)``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()})"
 
 
 def result_key(config) -> str:
@@ -114,7 +127,7 @@ def load(config="cpu", directory=None):
 
 
 def table2(config="cpu", store: bool = True, force: bool = False,
-           processes: int | None = None, root=None):
+           processes: int | None = None, root=None, device="cpu", download: bool = False):
     """Paper A's Table 2 experiment: the shipped result when current, else the run (stored
     with ``store``; a stopped run resumes from its checkpoints and finished fine-tunings).
 
@@ -132,6 +145,11 @@ def table2(config="cpu", store: bool = True, force: bool = False,
         Worker processes for the fine-tunings (default: all cores).
     root : path, optional
         The CIFAR-10 folder (default :func:`resode_tut.datasets.cifar.default_root`).
+    device : str or torch.device
+        Where the networks train (recorded in the result and its provenance, not keyed:
+        the page shows whichever run of the configuration is stored, naming its device).
+    download : bool
+        Download the official archive if the data are missing.
 
     Returns
     -------
@@ -145,24 +163,27 @@ def table2(config="cpu", store: bool = True, force: bool = False,
         found = load(cfg)
         if found is not None:
             return found.data, found
-    source = cifar10(root, train=False).source        # a missing copy fails here, first
+    device = check_device(device)
+    source = cifar10(root, train=False, download=download).source   # missing data fail first
     data_id = data_identity(root)
     key = result_key(cfg)
     if not store:          # checkpoints in a temporary folder, removed with it
         with tempfile.TemporaryDirectory() as tmp:
-            data = compute_table2(cfg, processes, tmp, root, fingerprint=key)
-        data.update(data_source=source, data_id=data_id)
+            data = compute_table2(cfg, processes, tmp, root, fingerprint=key,
+                                  device=str(device))
+        data.update(data_source=source, data_id=data_id, device=device_name(device))
         check(cfg, data)
         return data, None
     folder = shipped.check_writable() / ".partial" / f"{name(cfg)}-{key}"
     commit = shipped.git_commit()
-    data = compute_table2(cfg, processes, folder, root, fingerprint=key)
-    data.update(data_source=source, data_id=data_id)
+    data = compute_table2(cfg, processes, folder, root, fingerprint=key, device=str(device))
+    data.update(data_source=source, data_id=data_id, device=device_name(device))
     check(cfg, data)
     invocations = data.pop("invocations")
     result = shipped.ShippedResult(
         name(cfg), key, asdict(cfg),
-        shipped.provenance(command(cfg), data["seconds"], commit=commit,
+        shipped.provenance(command(cfg, device), data["seconds"], device=data["device"],
+                           commit=commit,
                            processes=data["processes"], invocations=invocations,
                            data=source), data)
     shipped.save(result)
@@ -287,6 +308,10 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", type=positive_int, default=None,
                         help="worker processes for the fine-tunings (default: all cores)")
     parser.add_argument("--data", default=None, help="the CIFAR-10 folder")
+    parser.add_argument("--device", type=torch_device,
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--download", action="store_true",
+                        help="download the official archive if the data are missing")
     parser.add_argument("--force", action="store_true", help="rerun a current result")
     parser.add_argument("--threads", type=positive_int, default=get_threads(),
                         help="torch threads of the pre-training (default $RESODE_THREADS, "
@@ -294,7 +319,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data, result = table2(args.config, force=args.force, processes=args.processes,
-                          root=args.data)
+                          root=args.data, device=args.device, download=args.download)
     if result is not None:
         print(shipped.describe(result))
     for what, acc in rows(data):

@@ -128,7 +128,8 @@ def _data(root, train_split: bool, n: int, seed: int):
 
 
 def _fit(model: nn.Module, params: list, config: Table2Config, phase: str, root,
-         checkpoint: Path | None, fingerprint: str, zero_gradient: bool = False) -> dict:
+         checkpoint: Path | None, fingerprint: str, zero_gradient: bool = False,
+         device: str = "cpu") -> dict:
     """SGD on ``params`` of ``model`` (momentum 0.9, ``config.weight_decay``), batches of
     ``config.batch`` with crops and flips, the test accuracy after every epoch; a
     checkpoint after every epoch, from which a stopped training resumes and ends as an
@@ -136,7 +137,9 @@ def _fit(model: nn.Module, params: list, config: Table2Config, phase: str, root,
 
     ``phase`` is ``"pretrain"`` (cosine from ``pretrain_lr`` over ``pretrain_epochs``) or a
     fine-tuning (``lr``, divided by 10 from ``lr_drop_epoch`` on). ``zero_gradient``
-    replaces the gradients of ``params`` by zeros (weight decay alone moves them).
+    replaces the gradients of ``params`` by zeros (weight decay alone moves them). The
+    batches are drawn and augmented on the CPU (the same images on any ``device``), then
+    moved to ``device``, where ``model`` trains.
     """
     train_data = _data(root, True, config.train_images, config.seed)
     test_data = _data(root, False, config.test_images, config.seed)
@@ -150,7 +153,7 @@ def _fit(model: nn.Module, params: list, config: Table2Config, phase: str, root,
     hist = dict(test_accuracy=[], train_loss=[], seconds=[], self_check=[])
     first = 0
     if checkpoint is not None and checkpoint.exists():
-        state = ckpt.load(checkpoint, fingerprint)
+        state = ckpt.load(checkpoint, fingerprint, map_location="cpu")
         for name, part in (("model", model), ("optimizer", opt), ("scheduler", sched)):
             part.load_state_dict(state[name])
         gen.set_state(state["generator"])
@@ -165,7 +168,8 @@ def _fit(model: nn.Module, params: list, config: Table2Config, phase: str, root,
             order = torch.randperm(len(train_data), generator=gen)
             for i in range(0, len(order), config.batch):
                 idx = order[i:i + config.batch]
-                x, y = prepare(train_data.images[idx], gen), train_data.labels[idx]
+                x = prepare(train_data.images[idx], gen).to(device)
+                y = train_data.labels[idx].to(device)
                 loss = nn.functional.cross_entropy(model(x), y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{phase}: the loss became {loss.item()}")
@@ -177,7 +181,9 @@ def _fit(model: nn.Module, params: list, config: Table2Config, phase: str, root,
             sched.step()
             hist["seconds"].append(time.perf_counter() - t0)
             hist["train_loss"].append(total / len(order))
-            hist["test_accuracy"].append(accuracy(model, test_data))
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            hist["test_accuracy"].append(accuracy(model, test_data, device=device))
             if checks.values:
                 hist["self_check"].append(max(checks.values))
             checks.values = []
@@ -198,7 +204,8 @@ def _tied(config: Table2Config) -> BottleneckResNet:
     return BottleneckResNet(config.layers, config.width, tied=True, seed=config.seed)
 
 
-def pretrain(config: Table2Config, root=None, folder=None, fingerprint: str = "") -> tuple:
+def pretrain(config: Table2Config, root=None, folder=None, fingerprint: str = "",
+             device: str = "cpu") -> tuple:
     """Train the tied network (resuming from ``folder/pretrain.pt`` when there).
 
     Parameters
@@ -210,19 +217,21 @@ def pretrain(config: Table2Config, root=None, folder=None, fingerprint: str = ""
         Where the checkpoint lives (None: none is kept).
     fingerprint : str
         Names the configuration and code: a checkpoint with another is refused.
+    device : str
+        Where it trains (``"cpu"``, ``"cuda"``).
 
     Returns
     -------
     model : BottleneckResNet
-        The tied network, trained.
+        The tied network, trained, on ``device``.
     history : dict
         ``test_accuracy``, ``train_loss``, ``seconds`` per epoch.
     """
     torch.manual_seed(config.seed)
-    model = _tied(config)
+    model = _tied(config).to(device)
     path = None if folder is None else Path(folder) / "pretrain.pt"
     hist = _fit(model, list(model.parameters()), config, "pretrain", root, path,
-                f"{fingerprint}/pretrain")
+                f"{fingerprint}/pretrain", device=device)
     return model, hist
 
 
@@ -231,7 +240,8 @@ def _start(config: Table2Config, folder, fingerprint: str) -> BottleneckResNet:
     ``config.stage`` untied into ``config.depth - 1`` functions.
     """
     model = _tied(config)
-    state = ckpt.load(Path(folder) / "pretrain.pt", f"{fingerprint}/pretrain")
+    state = ckpt.load(Path(folder) / "pretrain.pt", f"{fingerprint}/pretrain",
+                      map_location="cpu")
     if state["epoch"] != config.pretrain_epochs:
         raise RuntimeError("the tied network's pre-training is not finished")
     model.load_state_dict(state["model"])
@@ -244,7 +254,7 @@ def finetune_one(job, root=None, folder=None, fingerprint: str = "") -> dict:
     Parameters
     ----------
     job : list
-        ``[run, config as a dict]``, ``run`` one of :data:`RUNS`.
+        ``[run, config as a dict, device]``, ``run`` one of :data:`RUNS`.
     root : path, optional
         The CIFAR-10 folder.
     folder : path
@@ -258,52 +268,54 @@ def finetune_one(job, root=None, folder=None, fingerprint: str = "") -> dict:
         ``test_accuracy``, ``train_loss``, ``seconds`` and ``self_check`` per epoch (the
         adjoint's largest reconstruction error; empty for the others).
     """
-    run, cfg = job
+    run, cfg, device = job
     if run not in RUNS:
         raise ValueError(f"unknown fine-tuning run {run!r}: choose one of {RUNS}")
     config = _config(cfg)
     torch.manual_seed(config.seed + 1)
-    model = _start(config, folder, fingerprint)
+    model = _start(config, folder, fingerprint).to(device)
     model.requires_grad_(False)
     stage = model.stages[config.stage]
     stage.requires_grad_(True)
     stage.adjoint = run == "adjoint"
     return _fit(model, list(stage.parameters()), config, run, root,
                 Path(folder) / f"finetune-{run}.pt", f"{fingerprint}/{run}",
-                zero_gradient=run == "decay")
+                zero_gradient=run == "decay", device=device)
 
 
 def _stage_vector(model: BottleneckResNet, stage: int) -> torch.Tensor:
-    return torch.cat([p.detach().double().flatten() for p in model.stages[stage].parameters()])
+    return torch.cat([p.detach().double().cpu().flatten()
+                      for p in model.stages[stage].parameters()])
 
 
 def _finetuned(config: Table2Config, folder, run: str, fingerprint: str) -> BottleneckResNet:
     model = untie_stage(_tied(config), config.stage, config.depth)
     model.load_state_dict(ckpt.load(Path(folder) / f"finetune-{run}.pt",
-                                    f"{fingerprint}/{run}")["model"])
+                                    f"{fingerprint}/{run}", map_location="cpu")["model"])
     return model
 
 
-def _gradient_agreement(model: BottleneckResNet, config: Table2Config, root) -> float:
+def _gradient_agreement(model: BottleneckResNet, config: Table2Config, root,
+                        device="cpu") -> float:
     """Relative error ``||g_adj - g_bp|| / ||g_bp||`` of the stage's gradient on one test
     batch, train mode (BatchNorm statistics of the batch), as in fine-tuning.
     """
     test_data = _data(root, False, config.test_images, config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     idx = torch.randperm(len(test_data), generator=gen)[:config.gradient_batch]
-    x, y = prepare(test_data.images[idx]), test_data.labels[idx]
+    x, y = prepare(test_data.images[idx]).to(device), test_data.labels[idx].to(device)
     grads = {}
     for adjoint in (False, True):
         m = copy.deepcopy(model).train()
         stage = m.stages[config.stage]
         stage.adjoint, stage.reconstruction_tol = adjoint, math.inf
         nn.functional.cross_entropy(m(x), y).backward()
-        grads[adjoint] = [p.grad.double() for p in stage.parameters()]
+        grads[adjoint] = [p.grad.double().cpu() for p in stage.parameters()]
     return relative_error(grads[False], grads[True])
 
 
 def compute_table2(config: Table2Config, processes: int | None = None, folder=None,
-                   root=None, fingerprint: str = "") -> dict:
+                   root=None, fingerprint: str = "", device: str = "cpu") -> dict:
     """Pre-train, untie, fine-tune three times (:data:`RUNS`) and measure.
 
     Parameters
@@ -318,6 +330,9 @@ def compute_table2(config: Table2Config, processes: int | None = None, folder=No
         The CIFAR-10 folder.
     fingerprint : str
         The result's key: checkpoints written under another are refused.
+    device : str
+        Where the networks train (``"cpu"``, ``"cuda"``); on CUDA the fine-tunings run one
+        after the other in this process.
 
     Returns
     -------
@@ -333,23 +348,26 @@ def compute_table2(config: Table2Config, processes: int | None = None, folder=No
     if folder is None:
         raise ValueError("compute_table2 needs a folder for its checkpoints")
     folder = Path(folder)
-    tied, pre = pretrain(config, root, folder, fingerprint)
+    tied, pre = pretrain(config, root, folder, fingerprint, device)
     t0 = time.perf_counter()
     start = untie_stage(tied, config.stage, config.depth)
     test_data = _data(root, False, config.test_images, config.seed)
-    start_acc = accuracy(start, test_data)
-    start_error = _gradient_agreement(start, config, root)
+    start_acc = accuracy(start, test_data, device=device)
+    start_error = _gradient_agreement(start, config, root, device)
+    if torch.device(device).type == "cuda":
+        processes = 1         # one GPU: the fine-tunings in turn, in this process
     measuring = time.perf_counter() - t0
     # the adjoint first: the longest, beside the two others in turn
     order = ("adjoint", "backprop", "decay")
     results, run = resumable_map(partial(finetune_one, root=root, folder=str(folder),
                                          fingerprint=fingerprint),
-                                 [[r, asdict(config)] for r in order], processes, folder)
+                                 [[r, asdict(config), str(device)] for r in order], processes,
+                                 folder)
     by_run = dict(zip(order, results))
     t1 = time.perf_counter()
     vectors = {r: _stage_vector(_finetuned(config, folder, r, fingerprint), config.stage)
                for r in RUNS}
-    v0 = _stage_vector(start, config.stage)
+    v0 = _stage_vector(start.cpu(), config.stage)
     runs = {r: dict(**by_run[r], stage_travel=float((vectors[r] - v0).norm()),
                     gradient_travel=float((vectors[r] - vectors["decay"]).norm()))
             for r in RUNS}

@@ -155,7 +155,7 @@ def test_unknown_names_are_refused_with_the_choices():
     with pytest.raises(ValueError, match="choose one of"):
         ch06_table2.name("nope")
     with pytest.raises(ValueError, match="unknown fine-tuning run"):
-        table2.finetune_one(["frozen", {}], folder="x")
+        table2.finetune_one(["frozen", {}, "cpu"], folder="x")
 
 
 def test_the_configurations_are_the_papers_protocol():
@@ -190,3 +190,14 @@ def test_the_page_shows_the_current_cpu_result_else_a_smoke_run(monkeypatch):
     ch06_table2.table2("cpu", processes=1)
     data, cfg, result = ch06_table2.for_page(quick=True)
     assert cfg.name == "cpu" and result is not None and result.name == "ch06-table2-cpu"
+
+
+def test_a_device_this_machine_lacks_is_an_argparse_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit):
+        ch06_table2.main(["--config", "smoke", "--device", "cuda"])
+    assert "cuda" in capsys.readouterr().err
+    assert ch06_table2.command("gpu-full", "cuda").endswith(
+        "--config gpu-full --device cuda --download")
+    assert ch06_table2.command("cpu") == "python -m resode_tut.experiments.ch06_table2 --config cpu"
