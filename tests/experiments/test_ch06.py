@@ -173,7 +173,7 @@ def test_fine_tuning_trains_the_stage_alone_and_the_control_is_weight_decay(tmp_
     assert curves["decay"].gradient_travel == 0
     # what the chapter asserts: the adjoint moved the stage where backprop moved it
     moved = curves["backprop"].gradient_travel
-    assert moved > 0 and gap < 0.3 * moved
+    assert moved > 0 and gap < 0.5 * moved
 
 
 def test_a_zeroed_adjoint_gradient_fails_the_chapters_checks(tmp_path, monkeypatch):
