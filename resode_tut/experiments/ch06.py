@@ -153,10 +153,14 @@ def _read(name: str, out_dir: Path, config: FinetuneConfig, device,
         if found is None:
             return None
         result = FinetuneResult.from_json(json.dumps(found.data), FinetuneConfig)
-    except (ValueError, MalformedResult) as err:
-        warnings.warn(f"ignoring the result file {Path(out_dir) / name}.json, which this code "
-                      f"cannot read (damaged, or written by another version: {err}); it is "
+    except MalformedResult as err:      # whole JSON, but not this code's result format
+        warnings.warn(f"ignoring the unreadable result file {Path(out_dir) / name}.json "
+                      f"({err}: written by another version of the code, or damaged): it is "
                       "recomputed", stacklevel=3)
+        return None
+    except ValueError as err:
+        warnings.warn(f"ignoring the damaged result file {Path(out_dir) / name}.json ({err}): "
+                      "it is recomputed", stacklevel=3)
         return None
     expected = cache_key(config, device, result.data_id if data_id is None else data_id,
                          result.scale)

@@ -321,15 +321,18 @@ def test_damaged_or_incomplete_cache_files_are_recomputed_with_a_warning(tmp_pat
     short.finetune["backprop"].test_accuracy.pop()
     wrapped = json.loads(path.read_text())
     wrapped["data"] = json.loads(short.to_json())
+    old_format = json.loads(path.read_text())    # another version's fields: whole JSON
+    del old_format["data"]["finetune"]["decay"]["gradient_travel"]
     for damage in (path.read_text()[:200], "", short.to_json(), "[1, 2]", "null",
-                   json.dumps(wrapped)):
+                   json.dumps(wrapped), json.dumps(old_format)):
         path.write_text(damage)
-        with pytest.warns(UserWarning, match="ignoring the (damaged|incomplete) result file"):
+        with pytest.warns(UserWarning,
+                          match="ignoring the (damaged|unreadable|incomplete) result file"):
             assert finetune.load(TINY, "cpu", tmp_path) is None
         with pytest.warns(UserWarning):
             assert not finetune.train_or_load(TINY, "cpu", tmp_path).cached
         assert finetune.load(TINY, "cpu", tmp_path) == _fake_result(TINY)   # repaired
-    assert len(runs) == 7
+    assert len(runs) == 8
 
 
 def test_an_incomplete_run_is_never_cached(tmp_path, monkeypatch):
