@@ -413,10 +413,10 @@ def plot_fig4(sweep: DepthTrainingSweep, title: str = ""):
     ax.set_ylabel("test error (%), best epoch")
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0f}"))
     ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0f}"))
-    ax.legend(fontsize=8)
+    ax.legend()
     ax2.set_yscale("log")
     ax2.set_ylabel(r"self-check $\|\tilde x_0 - x_0\| / \|x_0\|$")
-    ax2.legend(fontsize=8)
+    ax2.legend()
     for a in (ax, ax2):
         depth_axis(a, sweep.depths)
         a.grid(True, which="major", alpha=0.3)

@@ -298,7 +298,9 @@ def load_checked(name: str, key: str, check, directory=None):
 
     Parameters
     ----------
-    name, key : str
+    name : str
+        As for :func:`load_current`.
+    key : str
         As for :func:`load_current`.
     check : callable
         ``check(ShippedResult)``: what a caller makes of the result (e.g. a sweep); it
