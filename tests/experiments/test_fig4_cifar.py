@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import write_batches
 
 from resode_tut import CifarResNet, ResidualStack
 from resode_tut.experiments import ch04, heun_cifar
@@ -15,15 +14,10 @@ TINY = heun_cifar.Fig4Config("tiny", 80, 40, (2, 4), (1, 2), 2, batch=40, channe
 
 
 @pytest.fixture(autouse=True)
-def data_and_results(tmp_path, monkeypatch):
-    """A small CIFAR-10 folder as the default copy and an empty results folder."""
-    root = tmp_path / "cifar"
-    write_batches(root, 40)
-    monkeypatch.setenv("RESODE_DATA", str(root))
-    monkeypatch.setenv("RESODE_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
+def data_and_results(cifar_and_results):
+    """The shared small CIFAR-10 folder and empty results folder; the data cache cleared."""
     heun_cifar._data.cache_clear()
-    return root
+    return cifar_and_results
 
 
 def _official_lrs(epochs, lr=0.1):

@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import write_batches
 
 from resode_tut import checkpoint as ckpt
 from resode_tut.bottleneck_resnet import untie_stage
@@ -17,15 +16,10 @@ TINY = table2.Table2Config("tiny", 80, 40, width=1, layers=(2, 2, 4, 2), depth=4
 
 
 @pytest.fixture(autouse=True)
-def data_and_results(tmp_path, monkeypatch):
-    """A small CIFAR-10 folder as the default copy and an empty results folder."""
-    root = tmp_path / "cifar"
-    write_batches(root, 40)
-    monkeypatch.setenv("RESODE_DATA", str(root))
-    monkeypatch.setenv("RESODE_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
+def data_and_results(cifar_and_results):
+    """The shared small CIFAR-10 folder and empty results folder; the data cache cleared."""
     table2._data.cache_clear()
-    return root
+    return cifar_and_results
 
 
 def _run(tmp_path, config=TINY, name="run"):
