@@ -54,6 +54,10 @@ def _name(cfg: BenchmarkConfig) -> str:
     return f"ch08-benchmark-{cfg.name}"
 
 
+def _key(cfg: BenchmarkConfig) -> str:
+    return shipped.result_key(asdict(cfg), COMPUTING_MODULE)
+
+
 def load_benchmark(config="cpu", directory=None) -> shipped.ShippedResult | None:
     """The stored benchmark of ``config`` if it is current for this code, else None.
 
@@ -64,8 +68,7 @@ def load_benchmark(config="cpu", directory=None) -> shipped.ShippedResult | None
         Results folder (default :func:`resode_tut.experiments.shipped.results_dir`).
     """
     cfg = _config(config)
-    return shipped.load_current(_name(cfg), shipped.result_key(asdict(cfg), COMPUTING_MODULE),
-                                directory)
+    return shipped.load_current(_name(cfg), _key(cfg), directory)
 
 
 def _command(cfg: BenchmarkConfig) -> str:
@@ -96,9 +99,9 @@ def benchmark(config="cpu", store: bool = True, force: bool = False,
         Where they came from (loaded or stored), else None.
     """
     cfg = _config(config)
-    key = shipped.result_key(asdict(cfg), COMPUTING_MODULE)
+    key = _key(cfg)              # the code that runs, read before it runs
     if not force:
-        found = load_benchmark(cfg)
+        found = shipped.load_current(_name(cfg), key)
         if found is not None:
             print(shipped.describe(found))
             return found.data["rows"], found
