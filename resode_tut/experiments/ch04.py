@@ -284,7 +284,8 @@ def cifar_fig4(config="cpu", store: bool = True, force: bool = False,
     Parameters
     ----------
     config : Fig4Config or str
-        ``"cpu"`` (the shipped run), ``"gpu-full"`` (the paper's scale) or ``"smoke"``.
+        ``"cpu"`` (the shipped run), ``"gpu-full"`` (the paper's scale; this version
+        trains on the CPU only: about 8 days of one core) or ``"smoke"``.
     store : bool
         Keep finished trainings as chunks and write the result to the results folder.
     force : bool
@@ -438,7 +439,10 @@ def main(argv=None) -> int:
                                      description=main.__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     fig4 = sub.add_parser("fig4", help="paper A's Fig. 4 on CIFAR-10 (resumable)")
-    fig4.add_argument("--config", default="cpu", choices=sorted(FIG4_CONFIGS))
+    fig4.add_argument("--config", default="cpu", choices=sorted(FIG4_CONFIGS),
+                      help="cpu: the shipped run (about 5 h of one core); gpu-full: the "
+                           "paper's scale, on the CPU in this version (about 8 days of one "
+                           "core); smoke: seconds")
     fig4.add_argument("--processes", type=positive_int, default=None,
                       help="worker processes (default: all cores)")
     fig4.add_argument("--data", default=None, help="the CIFAR-10 folder")
