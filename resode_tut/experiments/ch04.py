@@ -397,7 +397,7 @@ def plot_fig4(sweep: DepthTrainingSweep, title: str = ""):
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 4.1))
     colours = {"euler": "darkblue", "heun": "red"}
     names = {"euler": "ResNet (Euler)", "heun": "HeunNet"}
     for scheme in FIG4_SCHEMES:
@@ -414,7 +414,6 @@ def plot_fig4(sweep: DepthTrainingSweep, title: str = ""):
     ax.set_ylabel("test error (%), best epoch")
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0f}"))
     ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0f}"))
-    ax.legend()
     ax2.set_yscale("log")
     ax2.set_ylabel(r"self-check $\|\tilde x_0 - x_0\| / \|x_0\|$")
     ax2.legend()
@@ -423,7 +422,9 @@ def plot_fig4(sweep: DepthTrainingSweep, title: str = ""):
         a.grid(True, which="major", alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # below the panels: inside, the four entries would cover the curves' rise with depth
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 

@@ -260,7 +260,9 @@ def rows(data: dict) -> list:
 
 
 _STYLE = {"backprop": ("tab:blue", "-", "o"), "adjoint": ("tab:orange", "--", "x"),
-          "decay": ("0.5", ":", "")}
+          "decay": ("0.45", "-.", "")}
+_LABEL = {"backprop": "backprop", "adjoint": "adjoint",
+          "decay": "control: weight decay alone (gradient zeroed)"}
 
 
 def plot(data: dict, title: str = ""):
@@ -275,7 +277,7 @@ def plot(data: dict, title: str = ""):
     """
     import matplotlib.pyplot as plt
 
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 4.1), layout="constrained")
     start = 100 * data["start_accuracy"]
     acc.axhline(start, color="0.3", ls=":", lw=1, label="tied, before fine-tuning")
     for run in RUNS:
@@ -283,12 +285,14 @@ def plot(data: dict, title: str = ""):
         r = data["runs"][run]
         epochs = range(len(r["test_accuracy"]) + 1)
         acc.plot(epochs, [start] + [100 * a for a in r["test_accuracy"]], color=colour, ls=ls,
-                 marker=marker, label=run)
+                 marker=marker, label=_LABEL[run])
         loss.plot(range(1, len(r["train_loss"]) + 1), r["train_loss"], color=colour, ls=ls,
-                  marker=marker, label=run)
+                  marker=marker)
     acc.set(xlabel="fine-tuning epoch (0: the untied start)", ylabel="test accuracy (%)")
     loss.set(xlabel="fine-tuning epoch", ylabel="training loss (epoch mean)")
-    acc.legend()
+    # below the panels: inside, the entries would cover the curves
+    fig.legend(*acc.get_legend_handles_labels(), loc="outside lower center", ncol=2,
+               frameon=False)
     if title:
         fig.suptitle(title)
     return fig
