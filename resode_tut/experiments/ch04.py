@@ -19,8 +19,7 @@ Runs are independent and seeded, and are spread over worker processes
 from __future__ import annotations
 
 import argparse
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -42,7 +41,7 @@ from .plots import depth_axis, use_style
 
 __all__ = ["use_style", "DepthTrainingSweep", "depth_training_sweep", "distance_sweep", "gradients",
            "relative_error", "adjoint_error_sweep", "depth_axis", "FIG4_CONFIGS", "Fig4Config",
-           "cifar_fig4", "load_fig4", "fig4_for_page", "fig4_sweep", "fig4_name", "fig4_command",
+           "FIG4", "cifar_fig4", "load_fig4", "fig4_for_page", "fig4_sweep",
            "plot_fig4", "main"]
 
 
@@ -209,32 +208,11 @@ def depth_training_sweep(depths, schemes=("euler", "heun"), seeds=(0,), epochs: 
 
 # -- paper A's Fig. 4 on CIFAR-10 (a shipped run: resode_tut.experiments.heun_cifar) ----
 
-#: The module whose code (and imports) the shipped Fig. 4 run is keyed on.
-FIG4_COMPUTING_MODULE = "resode_tut.experiments.heun_cifar"
-
-
-def _fig4_config(config) -> Fig4Config:
-    return shipped.named_config(config, FIG4_CONFIGS, Fig4Config, "Fig. 4")
-
-
-def fig4_name(config) -> str:
-    """The shipped result's name, ``ch04-fig4-<config name>``.
-
-    Parameters
-    ----------
-    config : Fig4Config or str
-    """
-    return f"ch04-fig4-{_fig4_config(config).name}"
-
-
-def fig4_command(config) -> str:
-    """The command that recomputes (or resumes) ``config``'s shipped result.
-
-    Parameters
-    ----------
-    config : Fig4Config or str
-    """
-    return f"python -m resode_tut.experiments.ch04 fig4 --config {_fig4_config(config).name}"
+#: Fig. 4 as a shipped experiment: its configurations, its computing module (the code its
+#: result is keyed on), ``ch04-fig4-<config>.json`` and its command.
+FIG4 = shipped.Experiment("ch04-fig4", "Fig. 4", FIG4_CONFIGS, Fig4Config,
+                          "resode_tut.experiments.heun_cifar",
+                          "python -m resode_tut.experiments.ch04 fig4")
 
 
 def fig4_sweep(config, data: dict) -> DepthTrainingSweep:
@@ -254,7 +232,7 @@ def fig4_sweep(config, data: dict) -> DepthTrainingSweep:
     ValueError
         When a run of the configuration is missing or has the wrong number of epochs.
     """
-    cfg = _fig4_config(config)
+    cfg = FIG4.config(config)
     runs = {(r["seed"], r["depth"], r["scheme"], r["method"]): r for r in data["runs"]}
     depths, seeds = sorted(cfg.depths), list(cfg.seeds)
     out = DepthTrainingSweep(depths=np.asarray(depths), seeds=seeds)
@@ -302,15 +280,13 @@ def cifar_fig4(config="cpu", store: bool = True, force: bool = False,
     result : ShippedResult or None
         Where it came from (loaded or stored), else None.
     """
-    cfg = _fig4_config(config)
-    key = shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE)   # the code that runs
+    cfg = FIG4.config(config)
+    key = FIG4.key(cfg)                   # the code that runs, read before it runs
     if not force:
         loaded = load_fig4(cfg)
         if loaded is not None:
             return loaded
-    chunks = None
-    if store:
-        chunks = shipped.check_writable() / ".partial" / f"{fig4_name(cfg)}-{key}"
+    chunks = FIG4.chunk_folder(cfg, key) if store else None
     commit = shipped.git_commit()
     source = cifar10(root, train=False).source        # a missing copy fails here, first
     data = compute_fig4(cfg, processes, chunks, root)
@@ -319,14 +295,8 @@ def cifar_fig4(config="cpu", store: bool = True, force: bool = False,
     if not store:
         return sweep, None
     invocations = data.pop("invocations")
-    result = shipped.ShippedResult(
-        fig4_name(cfg), key, asdict(cfg),
-        shipped.provenance(fig4_command(cfg), data["seconds"], commit=commit,
-                           processes=data["processes"], invocations=invocations,
-                           data=source), data)
-    shipped.save(result)
-    shutil.rmtree(chunks)
-    return sweep, result
+    return sweep, FIG4.store(cfg, key, data, chunks, commit=commit,
+                             processes=data["processes"], invocations=invocations, data=source)
 
 
 def load_fig4(config="cpu", directory=None):
@@ -344,10 +314,8 @@ def load_fig4(config="cpu", directory=None):
     -------
     tuple of (DepthTrainingSweep, ShippedResult), or None
     """
-    cfg = _fig4_config(config)
-    return shipped.load_checked(fig4_name(cfg),
-                                shipped.result_key(asdict(cfg), FIG4_COMPUTING_MODULE),
-                                lambda found: fig4_sweep(cfg, found.data), directory)
+    cfg = FIG4.config(config)
+    return FIG4.load(cfg, lambda found: fig4_sweep(cfg, found.data), directory)
 
 
 def fig4_for_page(quick: bool, root=None):

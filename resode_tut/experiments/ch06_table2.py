@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import shutil
 import tempfile
-from dataclasses import asdict
 
 import torch
 
@@ -24,26 +22,19 @@ from .cli import check_device, positive_int, torch_device
 from .gradient_methods import saved_bytes
 from .table2 import CONFIGS, RUNS, Table2Config, compute_table2
 
-__all__ = ["COMPUTING_MODULE", "CONFIGS", "RUNS", "Table2Config", "name", "command", "check",
-           "result_key", "load", "table2", "for_page", "stage_saved_bytes", "rows", "plot",
+__all__ = ["TABLE2", "COMPUTING_MODULE", "CONFIGS", "RUNS", "Table2Config", "command",
+           "check", "load", "table2", "for_page", "stage_saved_bytes", "rows", "plot",
            "main"]
 
-#: The module whose code (and imports) the shipped result is keyed on.
-COMPUTING_MODULE = "resode_tut.experiments.table2"
-
-
-def _config(config) -> Table2Config:
-    return shipped.named_config(config, CONFIGS, Table2Config, "Table 2")
-
-
-def name(config) -> str:
-    """The shipped result's name, ``ch06-table2-<config name>``.
-
-    Parameters
-    ----------
-    config : Table2Config or str
-    """
-    return f"ch06-table2-{_config(config).name}"
+#: Table 2 as a shipped experiment: its configurations, its computing module (the code its
+#: result is keyed on, with the configuration), ``ch06-table2-<config>.json`` and its
+#: command. The CIFAR-10 copy is recorded in the result (``data_source``, ``data_id``), not
+#: keyed: a result made on the JPEG mirror is shown, naming it, where the official archive
+#: is installed.
+TABLE2 = shipped.Experiment("ch06-table2", "Table 2", CONFIGS, Table2Config,
+                            "resode_tut.experiments.table2",
+                            "python -m resode_tut.experiments.ch06_table2")
+COMPUTING_MODULE = TABLE2.module
 
 
 def command(config, device="cpu") -> str:
@@ -55,9 +46,9 @@ def command(config, device="cpu") -> str:
     device : str or torch.device
         Where it runs (named in the command unless the CPU).
     """
-    extra = "" if torch.device(device).type == "cpu" else \
-        f" --device {torch.device(device).type} --download"
-    return f"python -m resode_tut.experiments.ch06_table2 --config {_config(config).name}{extra}"
+    device = torch.device(device)
+    return TABLE2.command(config, "" if device.type == "cpu" else
+                          f" --device {device.type} --download")
 
 
 def check(config, data: dict) -> None:
@@ -70,7 +61,7 @@ def check(config, data: dict) -> None:
     data : dict
         :func:`resode_tut.experiments.table2.compute_table2`'s result.
     """
-    cfg = _config(config)
+    cfg = TABLE2.config(config)
     if len(data["pretrain"]["test_accuracy"]) != cfg.pretrain_epochs:
         raise ValueError("the pre-training has the wrong number of epochs")
     for run in RUNS:
@@ -93,19 +84,6 @@ def device_name(device) -> str:
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
-def result_key(config) -> str:
-    """The key of ``config``'s result: the configuration and the code that computes it
-    (:data:`COMPUTING_MODULE` and what it imports). The CIFAR-10 copy is recorded in the
-    result (``data_source``, ``data_id``), not keyed: a result made on the JPEG mirror is
-    shown, naming it, where the official archive is installed.
-
-    Parameters
-    ----------
-    config : Table2Config or str
-    """
-    return shipped.result_key(asdict(_config(config)), COMPUTING_MODULE)
-
-
 def load(config="cpu", directory=None):
     """The stored result of ``config`` when it is current for this code and complete, else
     None (with a warning for an incomplete file; always None with ``RESODE_RECOMPUTE=1``).
@@ -120,9 +98,8 @@ def load(config="cpu", directory=None):
     -------
     ShippedResult or None
     """
-    cfg = _config(config)
-    loaded = shipped.load_checked(name(cfg), result_key(cfg),
-                                  lambda found: check(cfg, found.data), directory)
+    cfg = TABLE2.config(config)
+    loaded = TABLE2.load(cfg, lambda found: check(cfg, found.data), directory)
     return None if loaded is None else loaded[1]
 
 
@@ -158,7 +135,7 @@ def table2(config="cpu", store: bool = True, force: bool = False,
     result : ShippedResult or None
         Where it came from (loaded or stored), else None.
     """
-    cfg = _config(config)
+    cfg = TABLE2.config(config)
     if not force:
         found = load(cfg)
         if found is not None:
@@ -166,7 +143,7 @@ def table2(config="cpu", store: bool = True, force: bool = False,
     device = check_device(device)
     source = cifar10(root, train=False, download=download).source   # missing data fail first
     data_id = data_identity(root)
-    key = result_key(cfg)
+    key = TABLE2.key(cfg)
     if not store:          # checkpoints in a temporary folder, removed with it
         with tempfile.TemporaryDirectory() as tmp:
             data = compute_table2(cfg, processes, tmp, root, fingerprint=key,
@@ -174,21 +151,16 @@ def table2(config="cpu", store: bool = True, force: bool = False,
         data.update(data_source=source, data_id=data_id, device=device_name(device))
         check(cfg, data)
         return data, None
-    folder = shipped.check_writable() / ".partial" / f"{name(cfg)}-{key}"
+    folder = TABLE2.chunk_folder(cfg, key)
     commit = shipped.git_commit()
     data = compute_table2(cfg, processes, folder, root, fingerprint=key, device=str(device))
     data.update(data_source=source, data_id=data_id, device=device_name(device))
     check(cfg, data)
     invocations = data.pop("invocations")
-    result = shipped.ShippedResult(
-        name(cfg), key, asdict(cfg),
-        shipped.provenance(command(cfg, device), data["seconds"], device=data["device"],
-                           commit=commit,
-                           processes=data["processes"], invocations=invocations,
-                           data=source), data)
-    shipped.save(result)
-    shutil.rmtree(folder)
-    return data, result
+    return data, TABLE2.store(cfg, key, data, folder, command(cfg, device),
+                              device=data["device"], commit=commit,
+                              processes=data["processes"], invocations=invocations,
+                              data=source)
 
 
 def for_page(quick: bool, root=None):

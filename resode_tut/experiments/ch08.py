@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 import time
-from dataclasses import asdict
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,23 +37,16 @@ from .plots import depth_axis, use_style
 
 __all__ = ["use_style", "BENCHMARK", "BENCHMARK_CONFIGS", "benchmark", "format_table",
            "plot_benchmark", "momentum_drift", "one_evaluation_vs_odeint",
-           "TRAINED", "train_comparison", "main", "load_benchmark", "COMPUTING_MODULE", "gradients",
+           "TRAINED", "train_comparison", "main", "load_benchmark", "SHIPPED_BENCHMARK",
+           "COMPUTING_MODULE", "gradients",
            "relative_error"]
 
-#: The module whose code (and imports) the shipped benchmark is keyed on.
-COMPUTING_MODULE = "resode_tut.experiments.memory_benchmark"
-
-
-def _config(config) -> BenchmarkConfig:
-    return shipped.named_config(config, BENCHMARK_CONFIGS, BenchmarkConfig, "benchmark")
-
-
-def _name(cfg: BenchmarkConfig) -> str:
-    return f"ch08-benchmark-{cfg.name}"
-
-
-def _key(cfg: BenchmarkConfig) -> str:
-    return shipped.result_key(asdict(cfg), COMPUTING_MODULE)
+#: The benchmark as a shipped experiment: its configurations, its computing module (the
+#: code its result is keyed on), ``ch08-benchmark-<config>.json`` and its command.
+SHIPPED_BENCHMARK = shipped.Experiment("ch08-benchmark", "benchmark", BENCHMARK_CONFIGS,
+                                       BenchmarkConfig, "resode_tut.experiments.memory_benchmark",
+                                       "python -m resode_tut.experiments.ch08 benchmark")
+COMPUTING_MODULE = SHIPPED_BENCHMARK.module
 
 
 def load_benchmark(config="cpu", directory=None) -> shipped.ShippedResult | None:
@@ -67,12 +58,7 @@ def load_benchmark(config="cpu", directory=None) -> shipped.ShippedResult | None
     directory : path, optional
         Results folder (default :func:`resode_tut.experiments.shipped.results_dir`).
     """
-    cfg = _config(config)
-    return shipped.load_current(_name(cfg), _key(cfg), directory)
-
-
-def _command(cfg: BenchmarkConfig) -> str:
-    return f"python -m resode_tut.experiments.ch08 benchmark --config {cfg.name}"
+    return SHIPPED_BENCHMARK.load(config, directory=directory)
 
 
 def benchmark(config="cpu", store: bool = True, force: bool = False,
@@ -98,28 +84,22 @@ def benchmark(config="cpu", store: bool = True, force: bool = False,
     result : ShippedResult or None
         Where they came from (loaded or stored), else None.
     """
-    cfg = _config(config)
-    key = _key(cfg)              # the code that runs, read before it runs
+    cfg = SHIPPED_BENCHMARK.config(config)
+    key = SHIPPED_BENCHMARK.key(cfg)     # the code that runs, read before it runs
     if not force:
-        found = shipped.load_current(_name(cfg), key)
+        found = load_benchmark(cfg)
         if found is not None:
             print(shipped.describe(found))
             return found.data["rows"], found
-    chunks = None
-    if store:      # a stopped run resumes from its finished settings
-        chunks = shipped.check_writable() / ".partial" / f"{_name(cfg)}-{key}"
+    # a stopped run resumes from its finished settings
+    chunks = SHIPPED_BENCHMARK.chunk_folder(cfg, key) if store else None
     commit = shipped.git_commit()
     data = run_benchmark(cfg, show_progress=show_progress, chunks=chunks)
     invocations = data.pop("invocations")
     if not store:
         return data["rows"], None
-    result = shipped.ShippedResult(
-        _name(cfg), key, asdict(cfg),
-        shipped.provenance(_command(cfg), data["seconds"], commit=commit, threads=1,
-                           invocations=invocations), data)
-    shipped.save(result)
-    shutil.rmtree(chunks)
-    return data["rows"], result
+    return data["rows"], SHIPPED_BENCHMARK.store(cfg, key, data, chunks, commit=commit,
+                                                 threads=1, invocations=invocations)
 
 
 def _short(v):

@@ -7,8 +7,8 @@ in a worker process and kept as a chunk as it finishes (:mod:`.chunks`), so the 
 span sessions. :mod:`resode_tut.experiments.ch04` loads, stores and shows it.
 
 The protocol is the official code's (``resnet_cifar/train_tiny.py``): the one-stage
-16-channel network (:class:`~resode_tut.cifar_resnet.CifarResNet`, last BatchNorm of
-every residual function at zero), SGD with momentum 0.9, weight decay 5e-4 on every
+16-channel network (:class:`TinyResNet`, last BatchNorm of every residual function at
+zero), SGD with momentum 0.9, weight decay 5e-4 on every
 parameter, learning rate 0.1 divided by 10 after the first and the second third of the
 epochs, batch 256, random crops and flips; a run's score is its best test accuracy over
 the epochs, as the official figure script takes it. What differs at CPU scale is said by

@@ -41,10 +41,11 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ __all__ = ["FORMAT", "ShippedResult", "code_tokens", "code_key", "result_key", "
            "recompute_requested", "git_commit", "read", "search_dirs", "load_current",
            "load_checked", "save",
            "check_writable", "named_config",
-           "provenance", "describe", "shipped_names"]
+           "provenance", "describe", "shipped_names", "Experiment"]
 
 #: Version of the file layout; a file of another format is damaged, not stale.
 FORMAT = 1
@@ -391,3 +392,132 @@ def shipped_names(directory=None) -> list[str]:
     """
     directory = Path(results_dir() if directory is None else directory)
     return sorted(p.stem for p in directory.glob("*.json"))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A shipped experiment: its named configurations, the module whose code keys its
+    results, the names of its files and its command line, in one place for the chapter
+    modules that load, run and store it (chapter 4's Fig. 4, chapter 6's Table 2,
+    chapter 8's benchmark).
+
+    Attributes
+    ----------
+    prefix : str
+        A configuration's result is ``<prefix>-<configuration name>.json``.
+    what : str
+        What it is, for errors (e.g. ``"Fig. 4"``).
+    configs : dict of str to ``kind``
+        The named configurations.
+    kind : type
+        The configuration dataclass.
+    module : str
+        The computing module (:func:`result_key`).
+    command_line : str
+        The command, less its ``--config`` option.
+    """
+
+    prefix: str
+    what: str
+    configs: dict
+    kind: type
+    module: str
+    command_line: str
+
+    def config(self, config):
+        """:func:`named_config`: ``config`` itself, or the configuration of that name.
+
+        Parameters
+        ----------
+        config : ``kind`` or str
+        """
+        return named_config(config, self.configs, self.kind, self.what)
+
+    def name(self, config) -> str:
+        """The result's name, ``<prefix>-<configuration name>``.
+
+        Parameters
+        ----------
+        config : ``kind`` or str
+        """
+        return f"{self.prefix}-{self.config(config).name}"
+
+    def key(self, config) -> str:
+        """:func:`result_key` of the configuration and the computing module's code.
+
+        Parameters
+        ----------
+        config : ``kind`` or str
+        """
+        return result_key(asdict(self.config(config)), self.module)
+
+    def command(self, config, options: str = "") -> str:
+        """The command that recomputes (or resumes) the result.
+
+        Parameters
+        ----------
+        config : ``kind`` or str
+        options : str
+            Added after ``--config <name>`` (e.g. ``" --device cuda"``).
+        """
+        return f"{self.command_line} --config {self.config(config).name}{options}"
+
+    def chunk_folder(self, config, key: str) -> Path:
+        """Where a run keeps its finished jobs, ``<results_dir>/.partial/<name>-<key>``
+        (the results folder checked writable first): a stopped run started again resumes
+        there.
+
+        Parameters
+        ----------
+        config : ``kind`` or str
+        key : str
+            :meth:`key` when the run started.
+        """
+        return check_writable() / ".partial" / f"{self.name(config)}-{key}"
+
+    def load(self, config, check=None, directory=None):
+        """The current result of ``config``.
+
+        Parameters
+        ----------
+        config : ``kind`` or str
+        check : callable, optional
+            As for :func:`load_checked`; without it, :func:`load_current`.
+        directory : path, optional
+            As for :func:`load_current`.
+
+        Returns
+        -------
+        ShippedResult or None (no ``check``); (``check``'s value, ShippedResult) or None
+        """
+        if check is None:
+            return load_current(self.name(config), self.key(config), directory)
+        return load_checked(self.name(config), self.key(config), check, directory)
+
+    def store(self, config, key: str, data: dict, /, chunks=None, command: str | None = None,
+              **details) -> ShippedResult:
+        """Save ``data`` as the result of ``config``, then remove the run's chunks, which
+        have served.
+
+        Parameters
+        ----------
+        config : ``kind`` or str
+        key : str
+            :meth:`key` when the run started (the code that ran).
+        data : dict
+            The result; ``data["seconds"]`` is its wall time.
+        chunks : path, optional
+            The run's :meth:`chunk_folder`, removed once the result is saved.
+        command : str, optional
+            The command that recomputes it (default :meth:`command`).
+        **details
+            For :func:`provenance` (``commit``, ``device``, ``processes`` ...).
+        """
+        cfg = self.config(config)
+        result = ShippedResult(self.name(cfg), key, asdict(cfg),
+                               provenance(command or self.command(cfg), data["seconds"],
+                                          **details), data)
+        save(result)
+        if chunks is not None:
+            shutil.rmtree(chunks)
+        return result

@@ -84,7 +84,7 @@ def test_the_benchmark_is_stored_and_read_back_as_a_shipped_result(tmp_path, mon
     monkeypatch.setitem(mb.BENCHMARK_CONFIGS, "tiny", TINY)
     rows, result = ch08.benchmark("tiny", show_progress=False)
     stored = json.loads((tmp_path / "ch08-benchmark-tiny.json").read_text())
-    assert stored["provenance"]["command"] == ch08._command(TINY)
+    assert stored["provenance"]["command"] == ch08.SHIPPED_BENCHMARK.command(TINY)
     again, loaded = ch08.benchmark("tiny", show_progress=False)
     assert loaded.key == result.key and again == json.loads(json.dumps(rows))
     with pytest.raises(ValueError, match="unknown benchmark configuration 'nope'"):

@@ -147,7 +147,7 @@ def test_an_incomplete_result_is_named():
 
 def test_unknown_names_are_refused_with_the_choices():
     with pytest.raises(ValueError, match="choose one of"):
-        ch06_table2.name("nope")
+        ch06_table2.TABLE2.name("nope")
     with pytest.raises(ValueError, match="unknown fine-tuning run"):
         table2.finetune_one(["frozen", {}, "cpu"], folder="x")
 
